@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_heads=4,
       intermediate_size=128,
       max_position_embeddings=64,
-      projection_dim=0,           # 0 = no projection head; e.g. 128 for a ColBERT-style head
+      projection_dim=32,          # 0 = no projection head; here it maps hidden 64 to the teacher dim 32
       dtype="float32",            # compute dtype: "float32" | "bfloat16" (params stay float32)
       freeze_word_embeddings=False,
   ))
@@ -46,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ot = ml_collections.ConfigDict(dict(
       epsilon=0.05,               # absolute entropic regularisation (see DESIGN: must match the cost scale)
       iterations=30,              # fixed Sinkhorn iteration count (vmapped: no data-dependent stopping)
+      relative_epsilon="",        # "" = absolute epsilon; "std" | "mean" = epsilon x that statistic of each cost matrix
       grad="envelope",            # "envelope" | "implicit" | "unroll"
       marginals="uniform",        # "uniform" | "idf"
   ))

@@ -1,0 +1,100 @@
+"""OPTICAL with a multilingual-BERT-base student (bert, 119547 vocab, 768/12/12/3072): any device count.
+
+Devices: any (mesh data=-1 fills every device; fsdp=tensor=1).
+
+Config arg = the student init: an HF directory holding bert-base-multilingual-cased (config.json +
+weights), "random" (same dims, random weights: throughput runs), or "synthetic" (random student +
+synthetic bitext and teacher: a smoke test that needs no files). Without an arg the init is
+"SET_ME". Real runs must also set the English teacher (an HF directory) and the bitext; "SET_ME"
+values are rejected by config validation, naming the field.
+
+  optical-jax precompute-teacher --config configs/mbert_base.py:/models/mbert-base --workdir runs/mbert \
+      --config.teacher.path=/models/english-teacher --config.data.bitext=/data/sw-en.tsv
+  optical-jax train --config configs/mbert_base.py:/models/mbert-base --workdir runs/mbert \
+      --config.teacher.path=/models/english-teacher --config.data.bitext=/data/sw-en.tsv
+  optical-jax train --config configs/mbert_base.py:synthetic --workdir runs/mbert_smoke --config.train.steps=20
+
+Single GPU or single TPU host: launch/gpu_single_host.sh --gpus 1 --config configs/mbert_base.py:PATH ...
+(see launch/README.md). For pods and multi-node GPUs use configs/tpu_*.py and configs/gpu_8xh100.py.
+
+Why these numbers:
+- Size: 178M params, 92M of them the word-embedding table (119547 x 768), which is a gather and costs
+  no matmul FLOPs; 85M non-embedding params do the work (~517 MFLOP per trained token at L=64).
+  f32 params 0.7 GB + AdamW state 1.4 GB + grads 0.7 GB = 2.8 GB, plus ~3 GB of bf16 activations at
+  128 x 64 tokens (~245 MB per layer): ~6 GB fits replicated on one 16 GB device, so the default is
+  pure data parallelism.
+  Tensor parallelism is pointless at d=768 (192-wide shards, two activation all-reduces per layer).
+- Batch 128 pairs x 64 student tokens = 8192 tokens per step: >= 8k tokens per step is where a
+  BERT-base step can reach a realistic 25-40% MFU on one H100 (an estimate; MosaicML's HF-BERT sits at
+  19-24% on A100). 128 divides every power-of-two device count up to 128.
+- bf16 compute, f32 params; Sinkhorn runs in f32 regardless.
+- ot.epsilon is absolute: 0.01 with 100 fixed iterations is the setting that helped in our prototype
+  (mE5-small teacher, Swahili Bible bitext); 0.05 made the plans near-uniform there and hurt retrieval.
+  Re-check it for a new teacher: epsilon must match the spread of the cosine costs.
+- lr 5e-5 (the prototype used 2e-5 at batch 16; sqrt-scaled to 128 gives 5.7e-5), 200 warmup steps,
+  2000 steps ~ 8 epochs of a 31k-verse Bible bitext. Untuned: tune steps to the bitext size.
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  init = arg or "SET_ME"
+  synthetic = init == "synthetic"
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.student = ml_collections.ConfigDict(dict(
+      init="random" if synthetic else init,   # HF dir | "random"
+      model_type="bert",          # pad id 0, token_type embeddings (2)
+      vocab_size=119547,
+      hidden_size=768,
+      num_layers=12,
+      num_heads=12,
+      intermediate_size=3072,
+      max_position_embeddings=512,
+      projection_dim=0,           # 0 = token states compared directly with the teacher's
+      dtype="bfloat16",           # compute dtype; params stay float32
+      freeze_word_embeddings=False,  # True drops 92M params from grads/AdamW: the largest throughput knob
+  ))
+
+  # The English teacher: an HF directory (e.g. a ColBERT/E5-style English retriever). Its token states
+  # are precomputed once into the teacher store. dim must equal its hidden size.
+  c.teacher = ml_collections.ConfigDict(dict(
+      path="synthetic" if synthetic else "SET_ME",
+      query_prefix="",            # e.g. "query: " for E5 teachers
+      passage_prefix="",          # e.g. "passage: "
+      dim=768,
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      bitext="synthetic" if synthetic else "SET_ME",  # TSV/JSONL path or URI | "tfds:NAME/CONFIG"
+      teacher_store="",           # "" = <workdir>/teacher_store
+      strict=False,
+      max_len_student=64,         # verse/sentence-level bitext: 64 tokens cover nearly all pairs
+      max_len_teacher=64,
+      num_examples=16384,         # synthetic only
+  ))
+
+  c.ot = ml_collections.ConfigDict(dict(
+      epsilon=0.01,               # absolute; see docstring
+      iterations=100,             # fixed count: vmapped Sinkhorn must not stop data-dependently
+      grad="envelope",
+      marginals="uniform",
+  ))
+
+  c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=128,             # global
+      steps=2000,
+      lr=5e-5,
+      warmup_steps=200,
+      weight_decay=0.01,
+      clip_norm=1.0,
+      checkpoint_every=500,
+      keep_checkpoints=3,
+      log_every=50,
+  ))
+  return c

@@ -1,0 +1,48 @@
+"""Orbax checkpoints of the student's train state (never the teacher): async, keep-N, resumable.
+
+A checkpoint holds the step, params, optimizer state, and JSON metadata with the data position and the seed. The
+data position is the step: batches are a pure function of (seed, step) (data/pipeline.py), so resuming there replays
+exactly the stream an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class Checkpointer:
+  def __init__(self, directory: str | epath.Path, *, keep: int = 2, async_save: bool = True):
+    self.directory = epath.Path(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(_as_tree(state)), meta=ocp.args.JsonSave(meta)),
+        force=force)
+
+  def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores into `abstract_state`'s structure, each array placed with the matching sharding."""
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          _as_tree(abstract_state), _as_tree(shardings))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    state = abstract_state.replace(**restored.state)
+    return state, dict(restored.meta)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _as_tree(state: Any) -> dict[str, Any]:
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state}

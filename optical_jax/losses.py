@@ -1,0 +1,300 @@
+"""Distillation losses: OPTICAL's optimal-transport token alignment and the sentence-level MSE baseline.
+
+`ot_alignment_loss` aligns the student's token embeddings of a low-resource sentence with the teacher's token
+embeddings of its English translation. Per example it solves a balanced entropic OT problem with OTT-JAX,
+
+  P* = argmin_{P in U(a, b)} <P, C> - eps H(P),   C_ij = 1 - cos(student_i, teacher_j),
+
+and returns the transport cost <P*, C> over real (non-pad) tokens, averaged over the batch. Marginals a, b are
+uniform over real tokens or given weights (e.g. `idf_weights`). The cost function, marginals and the treatment of
+epsilon are our design choices (the paper body is not available); see DESIGN.md.
+
+Epsilon must match the cost scale: cosine costs of an anisotropic encoder can span only ~0.1-0.4, where an absolute
+eps=0.05 gives a near-uniform plan (research/proto2.md). `relative_epsilon="std"` sets eps per example to
+`epsilon * std(C over real pairs)`.
+
+Padding is exact in every gradient mode: it changes neither the loss nor real-token gradients, and padded token
+vectors get exactly zero gradient.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from ott.geometry import geometry
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import implicit_differentiation
+from ott.solvers.linear import sinkhorn
+
+from optical_jax.errors import UserError
+
+GRAD_MODES = ("envelope", "unroll", "implicit")
+RELATIVE_EPSILON_MODES = ("std", "mean")
+
+# OTT's implicit differentiation preconditions with eps*log(marginal): a zero weight makes the whole batch's gradient
+# NaN (research/stack.md §3). Only the implicit path floors the marginals at this (relative) weight.
+_IMPLICIT_MIN_WEIGHT = 1e-8
+# Lower bound on a relative epsilon, e.g. for a 1x1 problem whose cost spread is 0.
+_MIN_EPSILON = 1e-6
+# Norm floor of the L2 normalisation, so an all-zero vector maps to 0 instead of NaN.
+_NORM_FLOOR = 1e-6
+
+Array = jax.Array
+
+# The implicit linear system of a balanced problem is singular along the constant shift (f + c, g - c) of the
+# potentials; the ridge removes that direction (it does not change the gradient) so that degenerate problems, e.g. a
+# one-token side where the plan is just a b^T, give a zero gradient instead of a solver failure.
+_IMPLICIT_DIFF = implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
+
+
+def _bool_mask(mask: Array) -> Array:
+  return jnp.asarray(mask) != 0
+
+
+def l2_normalize(x: Array, axis: int = -1) -> Array:
+  """x / max(||x||, 1e-6): zero vectors stay zero and have finite gradients."""
+  sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, _NORM_FLOOR**2))
+
+
+def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
+  """C_ij = 1 - cos(x_i, y_j) in float32, with every entry that touches a pad set to 0.
+
+  Args:
+    x: [..., Lx, D] token vectors (any float dtype).
+    x_mask: [..., Lx] real-token mask (bool/int/float; nonzero = real).
+    y: [..., Ly, D] token vectors.
+    y_mask: [..., Ly] real-token mask.
+
+  Returns:
+    [..., Lx, Ly] float32 cost. Pad vectors are replaced by 0 before normalising, so their gradient is exactly 0.
+  """
+  x_mask, y_mask = _bool_mask(x_mask), _bool_mask(y_mask)
+  x = l2_normalize(jnp.where(x_mask[..., None], x.astype(jnp.float32), 0.0))
+  y = l2_normalize(jnp.where(y_mask[..., None], y.astype(jnp.float32), 0.0))
+  # Costs of an anisotropic encoder differ in the 2nd-3rd digit; TPU's default bf16 matmul passes would blur them.
+  cos = jnp.einsum("...id,...jd->...ij", x, y, precision=jax.lax.Precision.HIGHEST)
+  pair_mask = x_mask[..., :, None] & y_mask[..., None, :]
+  return jnp.where(pair_mask, 1.0 - cos, 0.0)
+
+
+def _marginal(mask: Array, weights: Array | None) -> Array:
+  """Probability vector over real tokens: uniform, or `weights` clipped at 0 and renormalised (uniform if all 0)."""
+  real = mask.astype(jnp.float32)
+  if weights is None:
+    w = real
+  else:
+    w = jnp.maximum(jnp.asarray(weights, jnp.float32), 0.0) * real
+    w = jnp.where(jnp.sum(w, axis=-1, keepdims=True) > 0, w, real)
+  total = jnp.sum(w, axis=-1, keepdims=True)
+  return w / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+
+
+def _cost_scale(cost: Array, pair_mask: Array, mode: str) -> Array:
+  """Mean or std of one example's cost entries over real token pairs only (OTT's own statistics count padding)."""
+  n_pairs = jnp.maximum(jnp.sum(pair_mask), 1)
+  mean = jnp.sum(jnp.where(pair_mask, cost, 0.0)) / n_pairs
+  if mode == "mean":
+    return mean
+  var = jnp.sum(jnp.where(pair_mask, jnp.square(cost - mean), 0.0)) / n_pairs
+  return jnp.sqrt(var)
+
+
+def _inner_iterations(iterations: int) -> int:
+  # OTT runs max_iterations // inner_iterations blocks, so the block size must divide the iteration count.
+  return max(d for d in range(1, 11) if iterations % d == 0)
+
+
+def _sinkhorn_plan(cost: Array, a: Array, b: Array, epsilon: Array, *, iterations: int, threshold: float | None,
+                   implicit: bool) -> Array:
+  """Entropic OT plan of one example with OTT-JAX (log domain). Differentiable by unrolling or implicitly."""
+  geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
+  problem = linear_problem.LinearProblem(geom, a=a, b=b)
+  if threshold is None:
+    # min == max iterations makes OTT run a fixed-length scan: no data-dependent stopping under vmap.
+    min_iterations, threshold = iterations, -1.0
+  else:
+    min_iterations = 0
+  solver = sinkhorn.Sinkhorn(
+      lse_mode=True,
+      threshold=threshold,
+      min_iterations=min_iterations,
+      max_iterations=iterations,
+      inner_iterations=_inner_iterations(iterations),
+      implicit_diff=_IMPLICIT_DIFF if implicit else None,
+  )
+  return solver(problem).matrix
+
+
+def _plan_diagnostics(plan: Array, cost: Array, a: Array, b: Array, row_mask: Array, col_mask: Array
+                      ) -> dict[str, Array]:
+  """Per-example plan statistics over real tokens (forward only)."""
+  pair_mask = row_mask[:, None] & col_mask[None, :]
+  plan = jnp.where(pair_mask, plan, 0.0)
+  rows, cols = jnp.sum(plan, axis=1), jnp.sum(plan, axis=0)
+  marginal_error = (jnp.sum(jnp.where(row_mask, jnp.abs(rows - a), 0.0))
+                    + jnp.sum(jnp.where(col_mask, jnp.abs(cols - b), 0.0)))
+
+  def neg_plogp(p):
+    return -jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)
+
+  # Row-normalised plan: which teacher tokens one student token is matched to. exp(mean row entropy) is the number
+  # of teacher tokens a student token spreads over (1 = hard alignment, Lt = uniform).
+  row_dist = plan / jnp.maximum(rows, jnp.finfo(jnp.float32).tiny)[:, None]
+  row_entropy = jnp.sum(neg_plogp(row_dist), axis=1)
+  mean_row_entropy = jnp.sum(jnp.where(row_mask, row_entropy, 0.0)) / jnp.maximum(jnp.sum(row_mask), 1)
+  return {
+      "ot_cost": jnp.sum(plan * cost),
+      "marginal_error": marginal_error,
+      "plan_entropy": jnp.sum(neg_plogp(plan)),
+      "effective_support": jnp.exp(mean_row_entropy),
+  }
+
+
+def _check_tokens(student_tokens, student_mask, teacher_tokens, teacher_mask) -> None:
+  if student_tokens.ndim != 3 or teacher_tokens.ndim != 3:
+    raise ValueError(f"token arrays must be [B, L, D]; got student {student_tokens.shape}, "
+                     f"teacher {teacher_tokens.shape}")
+  if student_tokens.shape[-1] != teacher_tokens.shape[-1]:
+    raise UserError(f"student token dim {student_tokens.shape[-1]} != teacher token dim {teacher_tokens.shape[-1]}: "
+                    "set student.projection_dim to the teacher's hidden size")
+  if student_tokens.shape[0] != teacher_tokens.shape[0]:
+    raise ValueError(f"batch sizes differ: student {student_tokens.shape[0]}, teacher {teacher_tokens.shape[0]}")
+  if student_mask.shape != student_tokens.shape[:2] or teacher_mask.shape != teacher_tokens.shape[:2]:
+    raise ValueError(f"masks must be [B, L]: student mask {student_mask.shape} for tokens {student_tokens.shape}, "
+                     f"teacher mask {teacher_mask.shape} for tokens {teacher_tokens.shape}")
+
+
+def ot_alignment_loss(
+    student_tokens: Array,
+    student_mask: Array,
+    teacher_tokens: Array,
+    teacher_mask: Array,
+    *,
+    epsilon: float,
+    iterations: int,
+    grad: str = "envelope",
+    relative_epsilon: str | None = None,
+    student_weights: Array | None = None,
+    teacher_weights: Array | None = None,
+    threshold: float | None = None,
+) -> tuple[Array, dict[str, Array]]:
+  """OPTICAL token-alignment loss: mean over the batch of <P*, C> over real tokens.
+
+  Args:
+    student_tokens: [B, Ls, D] student token embeddings.
+    student_mask: [B, Ls] real-token mask (bool/int/float).
+    teacher_tokens: [B, Lt, D] teacher token embeddings (float16/bfloat16 fine: everything runs in float32).
+    teacher_mask: [B, Lt] real-token mask.
+    epsilon: entropic regularisation; absolute, or the multiplier of the cost scale if `relative_epsilon` is set.
+    iterations: Sinkhorn iterations (a fixed count, so vmapped examples never wait for the slowest).
+    grad: "envelope" (default): gradient P* w.r.t. C, plan held fixed (Danskin; exact at convergence, cheapest);
+      "unroll": backprop through the Sinkhorn iterations; "implicit": OTT's implicit differentiation.
+    relative_epsilon: None, "std" or "mean": eps_i = epsilon * std (mean) of example i's cost over real token
+      pairs, without gradient.
+    student_weights: optional [B, Ls] nonnegative marginal weights (e.g. IDF), renormalised over real tokens.
+    teacher_weights: optional [B, Lt] likewise. Weights are constants: no gradient flows into them.
+    threshold: None for exactly `iterations` iterations; a float to stop early once OTT's marginal error falls
+      below it (a while loop: under vmap it runs until the slowest example converges).
+
+  Returns:
+    (loss, aux). aux holds batch means of "ot_cost" (<P, C>, no gradient), "marginal_error" (L1 error of the plan's
+    row plus column sums), "plan_entropy", "effective_support" (exp of the mean row entropy of the row-normalised
+    plan: teacher tokens per student token) and "epsilon". Examples with no real token on either side are left out
+    of every mean (loss 0 if the whole batch is empty).
+  """
+  if grad not in GRAD_MODES:
+    raise UserError(f"ot.grad must be one of {GRAD_MODES}, got {grad!r}")
+  if relative_epsilon not in (None, *RELATIVE_EPSILON_MODES):
+    raise UserError(f"relative_epsilon must be None, 'std' or 'mean', got {relative_epsilon!r}")
+  if not isinstance(iterations, int) or iterations < 1:
+    raise UserError(f"ot.iterations must be a positive integer, got {iterations!r}")
+  if isinstance(epsilon, (int, float)) and not epsilon > 0:
+    raise UserError(f"ot.epsilon must be > 0, got {epsilon!r}")
+  student_tokens, teacher_tokens = jnp.asarray(student_tokens), jnp.asarray(teacher_tokens)
+  student_mask, teacher_mask = _bool_mask(student_mask), _bool_mask(teacher_mask)
+  _check_tokens(student_tokens, student_mask, teacher_tokens, teacher_mask)
+
+  # An example with no real token on a side has no OT problem; give it one dummy token so every number stays finite,
+  # then drop it from the means.
+  valid = jnp.any(student_mask, axis=1) & jnp.any(teacher_mask, axis=1)
+  first_token = lambda m: jnp.zeros_like(m).at[:, 0].set(True)
+  row_mask = jnp.where(valid[:, None], student_mask, first_token(student_mask))
+  col_mask = jnp.where(valid[:, None], teacher_mask, first_token(teacher_mask))
+
+  cost = cosine_cost(student_tokens, student_mask, teacher_tokens, teacher_mask)
+  pair_mask = row_mask[:, :, None] & col_mask[:, None, :]
+  a = jax.lax.stop_gradient(_marginal(row_mask, student_weights))
+  b = jax.lax.stop_gradient(_marginal(col_mask, teacher_weights))
+
+  if relative_epsilon is None:
+    eps = jnp.full(valid.shape, epsilon, jnp.float32)
+  else:
+    scale = jax.vmap(lambda c, m: _cost_scale(c, m, relative_epsilon))(jax.lax.stop_gradient(cost), pair_mask)
+    eps = jnp.maximum(epsilon * scale, _MIN_EPSILON).astype(jnp.float32)
+
+  if grad == "implicit":
+    # Floor every weight (pads and zero-weight real tokens) so eps*log(marginal) stays finite; the pads then carry
+    # ~1e-8 of the mass, which the loss below ignores.
+    floor = lambda p: (p + _IMPLICIT_MIN_WEIGHT) / (1.0 + _IMPLICIT_MIN_WEIGHT * p.shape[-1])
+    solver_a, solver_b, solver_cost = floor(a), floor(b), cost
+  else:
+    # Exact zero weights: pads get -inf potentials and exactly zero plan entries (OTT's logsumexp has a NaN-free
+    # derivative for that case, so unrolling is exact too).
+    solver_a, solver_b = a, b
+    solver_cost = jax.lax.stop_gradient(cost) if grad == "envelope" else cost
+
+  solve = lambda c, sa, sb, e: _sinkhorn_plan(c, sa, sb, e, iterations=iterations, threshold=threshold,
+                                             implicit=grad == "implicit")
+  plan = jax.vmap(solve)(solver_cost, solver_a, solver_b, eps)
+  # Envelope: plan is a constant here (its cost input was stop-gradient), so d loss / d C = P*.
+  per_example = jnp.sum(jnp.where(pair_mask, plan * cost, 0.0), axis=(1, 2))
+
+  n_valid = jnp.maximum(jnp.sum(valid), 1)
+  batch_mean = lambda v: jnp.sum(jnp.where(valid, v, 0.0)) / n_valid
+  loss = batch_mean(per_example)
+  stats = jax.vmap(_plan_diagnostics)(*jax.lax.stop_gradient((plan, cost, a, b)), row_mask, col_mask)
+  aux = {name: batch_mean(value) for name, value in stats.items()}
+  aux["epsilon"] = batch_mean(eps)
+  return loss, aux
+
+
+def masked_mean_pool(tokens: Array, mask: Array) -> Array:
+  """[B, L, D] -> [B, D]: mean over real tokens (0 for an example without any)."""
+  mask = _bool_mask(mask)
+  tokens = jnp.where(mask[..., None], tokens.astype(jnp.float32), 0.0)
+  count = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(jnp.float32)
+  return jnp.sum(tokens, axis=-2) / count
+
+
+def mse_distill_loss(student_tokens: Array, student_mask: Array, teacher_tokens: Array, teacher_mask: Array
+                     ) -> tuple[Array, dict[str, Array]]:
+  """Sentence-level distillation (Reimers & Gurevych 2020): ||norm(meanpool(s)) - norm(meanpool(t))||^2, batch mean.
+
+  On unit vectors this is 2 - 2 cos(pooled student, pooled teacher). Returns (loss, {"mse": loss}).
+  """
+  student = l2_normalize(masked_mean_pool(student_tokens, student_mask))
+  teacher = l2_normalize(masked_mean_pool(teacher_tokens, teacher_mask))
+  loss = jnp.mean(jnp.sum(jnp.square(student - teacher), axis=-1))
+  return loss, {"mse": loss}
+
+
+def idf_weights(token_ids: Array, mask: Array, document_frequency: Array, num_documents: Any) -> Array:
+  """Per-token IDF marginal weights, 0 on pads.
+
+  Uses the BM25 (Lucene) IDF log(1 + (N - df + 0.5) / (df + 0.5)), which is strictly positive even for a token in
+  every document, so no real token loses all its transport mass.
+
+  Args:
+    token_ids: [B, L] integer ids.
+    mask: [B, L] real-token mask.
+    document_frequency: [V] number of documents containing each vocabulary id.
+    num_documents: N, the number of documents the frequencies were counted over.
+
+  Returns:
+    [B, L] float32 weights (unnormalised; `ot_alignment_loss` renormalises over real tokens).
+  """
+  df = jnp.asarray(document_frequency, jnp.float32)[jnp.asarray(token_ids)]
+  n = jnp.asarray(num_documents, jnp.float32)
+  df = jnp.clip(df, 0.0, n)
+  idf = jnp.log1p((n - df + 0.5) / (df + 0.5))
+  return jnp.where(_bool_mask(mask), idf, 0.0)

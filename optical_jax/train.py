@@ -1,0 +1,173 @@
+"""The training loop: init or resume, step, log, checkpoint, stop cleanly on SIGTERM.
+
+Resuming is the default: rerunning the same command on the same workdir continues from the newest checkpoint and,
+because batches are a pure function of (seed, step), ends with the same student an uninterrupted run gives.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from optical_jax import checkpointing
+from optical_jax import config as config_lib
+from optical_jax import metrics as metrics_lib
+from optical_jax import sharding as sharding_lib
+from optical_jax import train_step as train_step_lib
+from optical_jax.data import pipeline
+from optical_jax.data import training_data
+from optical_jax.errors import UserError
+
+log = logging.getLogger("optical_jax")
+
+
+class _StopRequested:
+  """Set by SIGTERM (preemption notice) so the loop can save one checkpoint and exit 0."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    def handler(signum, frame):
+      del frame
+      log.warning("signal %d received: saving a checkpoint and stopping", signum)
+      self.requested = True
+    try:
+      self._previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # Not the main thread (e.g. under some test runners): no signal handling.
+      self._previous = None
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
+  path = workdir / "config.json"
+  new = config_lib.to_json(config)
+  if path.exists() and path.read_text() != new:
+    old, cur = json.loads(path.read_text()), json.loads(new)
+    changed = sorted(_diff_keys(old, cur))
+    log.warning("workdir config differs from this run's in %s; continuing with this run's", ", ".join(changed))
+  path.write_text(new)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [k for key in set(a) | set(b) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+  return [] if a == b else [prefix.rstrip(".")]
+
+
+def _truncate_metrics(workdir: epath.Path, last_step: int) -> None:
+  """Drops metric rows a killed run logged after its last checkpoint, so the resumed run does not repeat them."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return
+  keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+  path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the student in `workdir`; returns a summary with the final step and loss."""
+  workdir = epath.Path(workdir)
+  is_lead = jax.process_index() == 0
+  mesh = sharding_lib.create_mesh(config.mesh)
+  config_lib.validate(config, num_devices=mesh.size)
+  if is_lead:
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_config(workdir, config)
+
+  data = training_data.build(config, workdir)
+  model, init_params = training_data.build_student(config, data)
+  tx = train_step_lib.make_optimizer(config)
+  state, state_shardings = train_step_lib.create_train_state(
+      model, tx, config, mesh, jax.random.key(config.seed), init_params=init_params)
+
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.get("keep_checkpoints", 2))
+  start = checkpointer.latest_step() or 0
+  if start:
+    state, meta = checkpointer.restore(start, state, state_shardings)
+    if meta.get("seed") != config.seed:
+      raise UserError(f"{workdir}: checkpoint was trained with seed {meta.get('seed')}, config.seed is {config.seed}")
+    log.info("resumed from step %d", start)
+  if is_lead:
+    _truncate_metrics(workdir, start)
+
+  total_steps = config.train.steps
+  rows = sharding_lib.process_batch_slice(config.train.batch_size, mesh)
+  stream = pipeline.BatchStream(data.load_rows, data.num_examples, config.train.batch_size, config.seed, rows)
+  step_fn = train_step_lib.jit_train_step(model, tx, config, mesh, state_shardings, data.batch_ranks)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_lead)
+  show_progress = metrics_lib.progress_enabled() if progress is None else progress
+  bar = None
+  if show_progress and is_lead:
+    import tqdm
+    bar = tqdm.tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+  summary: dict[str, Any] = {"start_step": start, "data": data.description}
+  pending = None  # (step, device metrics, wall time, real tokens): read one step late, never stalling dispatch.
+  compiles_after_first = 0
+  step = start
+  last_time = time.perf_counter()
+  try:
+    with _StopRequested() as stop, train_step_lib.mesh_context(mesh):
+      if start >= total_steps:
+        log.info("already trained to step %d (train.steps=%d)", start, total_steps)
+      for step, local_batch in stream.iterate(start) if start < total_steps else ():
+        batch = sharding_lib.global_batch(local_batch, mesh)
+        state, device_metrics = step_fn(state, batch)
+        if step == start:
+          cache_size_after_first = step_fn._cache_size()  # pylint: disable=protected-access
+        done = step + 1
+        if pending is not None:
+          _log(writer, bar, pending, config, summary)
+        now = time.perf_counter()
+        pending = (done, device_metrics, now - last_time)
+        last_time = now
+        stop_now = stop.requested
+        if done % config.train.checkpoint_every == 0 or done == total_steps or stop_now:
+          checkpointer.save(done, state, {"step": done, "data_position": done, "seed": config.seed}, force=stop_now)
+        if stop_now or done >= total_steps:
+          step = done
+          break
+        step = done
+      compiles_after_first = (step_fn._cache_size() - cache_size_after_first) if step > start else 0  # pylint: disable=protected-access
+      if pending is not None:
+        _log(writer, bar, pending, config, summary, force=True)
+  finally:
+    checkpointer.close()
+    writer.close()
+    if bar is not None:
+      bar.close()
+  summary.update({"final_step": step, "recompilations_after_first_step": compiles_after_first})
+  return summary
+
+
+def _log(writer, bar, pending, config, summary, force: bool = False) -> None:
+  step, device_metrics, seconds = pending
+  if bar is not None:
+    bar.update(step - bar.n)
+  if step % config.train.log_every and not force and step != config.train.steps:
+    return
+  values = {k: float(np.asarray(v)) for k, v in jax.device_get(device_metrics).items()}
+  tokens = values.pop("real_tokens")
+  values["step_time_s"] = seconds
+  values["real_tokens_per_s"] = tokens / seconds if seconds > 0 else float("nan")
+  values["sequences_per_s"] = config.train.batch_size / seconds if seconds > 0 else float("nan")
+  writer.write(step, values)
+  summary["loss"] = values["loss"]
+  summary.setdefault("first_logged_loss", values["loss"])
+  if bar is not None:
+    bar.set_postfix(loss=f"{values['loss']:.4f}")
+  elif jax.process_index() == 0:
+    log.info("step %d loss %.5f (%.1f ms/step)", step, values["loss"], 1e3 * seconds)

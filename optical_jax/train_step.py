@@ -1,0 +1,171 @@
+"""The pure, jitted OPTICAL train step: student forward, OT alignment loss (Sinkhorn inside), AdamW update.
+
+No I/O and no host syncs here. `train.py` owns the loop; this module owns what runs on the devices.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from optical_jax import losses
+from optical_jax import sharding as sharding_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warm-up to `train.lr`, then cosine decay to 0 at `train.steps`.
+
+  Evaluated at count + 1 so that the first update already moves the weights (optax counts from 0).
+  """
+  warmup = min(train_config.warmup_steps, max(train_config.steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_config.lr, warmup_steps=warmup,
+      decay_steps=max(train_config.steps, warmup + 1), end_value=0.0)
+  return lambda count: schedule(count + 1)
+
+
+def _decay_mask(params: Any) -> Any:
+  # No weight decay on biases and LayerNorm parameters (the BERT recipe).
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: not any(getattr(k, "key", None) in ("bias", "scale") for k in path), params)
+
+
+def _frozen_labels(params: Any, freeze_word_embeddings: bool) -> Any:
+  def label(path, _):
+    names = [getattr(k, "key", "") for k in path]
+    return "frozen" if freeze_word_embeddings and "word_embeddings" in names else "trained"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW with warm-up + decay and global-norm clipping; non-finite updates are skipped (and counted)."""
+  train = config.train
+  adamw = optax.chain(
+      optax.clip_by_global_norm(train.clip_norm) if train.clip_norm > 0 else optax.identity(),
+      optax.adamw(learning_rate_schedule(train), b1=0.9, b2=0.999, eps=1e-8,
+                  weight_decay=train.weight_decay, mask=_decay_mask),
+  )
+  freeze = bool(config.student.get("freeze_word_embeddings", False))
+  tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
+                             functools.partial(_frozen_labels, freeze_word_embeddings=freeze))
+  # apply_if_finite drops a step whose gradients are not finite and keeps count of how many it dropped.
+  return optax.apply_if_finite(tx, max_consecutive_errors=train.get("max_consecutive_nonfinite", 10))
+
+
+def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
+                      config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """OT token alignment of student(low-resource) with the stored teacher(English) tokens, plus optional MSE."""
+  student = model.apply({"params": params}, batch["student_ids"], batch["student_mask"], head=True)
+  teacher = batch["teacher_tokens"].astype(jnp.float32)
+  # Which tokens enter the OT problem may differ from the attention mask (e.g. special / prefix tokens left out).
+  student_ot_mask = batch.get("student_ot_mask", batch["student_mask"])
+  teacher_ot_mask = batch.get("teacher_ot_mask", batch["teacher_mask"])
+  ot_config, weights = config.ot, config.get("loss", ml_collections.ConfigDict())
+  metrics = {}
+  total = jnp.zeros((), jnp.float32)
+  ot_weight = float(weights.get("ot_weight", 1.0))
+  if ot_weight:
+    ot_loss, ot_aux = losses.ot_alignment_loss(
+        student, student_ot_mask, teacher, teacher_ot_mask,
+        epsilon=ot_config.epsilon, iterations=ot_config.iterations, grad=ot_config.grad,
+        relative_epsilon=ot_config.get("relative_epsilon") or None,
+        student_weights=batch.get("student_weights"), teacher_weights=batch.get("teacher_weights"))
+    total = total + ot_weight * ot_loss
+    metrics.update({f"ot/{k}": v for k, v in ot_aux.items()})
+    metrics["ot_loss"] = ot_loss
+  mse_weight = float(weights.get("mse_weight", 0.0))
+  if mse_weight:
+    mse_loss, _ = losses.mse_distill_loss(student, batch["student_mask"], teacher, batch["teacher_mask"])
+    total = total + mse_weight * mse_loss
+    metrics["mse_loss"] = mse_loss
+  metrics["loss"] = total
+  return total, metrics
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, config: ml_collections.ConfigDict
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  grad_fn = jax.value_and_grad(functools.partial(distillation_loss, model=model, config=config), has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, batch)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  metrics["param_norm"] = optax.tree.norm(params)
+  metrics["lr"] = learning_rate_schedule(config.train)(state.step)
+  metrics["skipped_steps"] = opt_state.total_notfinite
+  metrics["real_tokens"] = jnp.sum(batch["student_mask"])
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                       mesh: jax.sharding.Mesh, rng: jax.Array, init_params: Any = None
+                       ) -> tuple[TrainState, Any]:
+  """Creates the state already sharded: eval_shape → logical shardings → jit(init, out_shardings).
+
+  `init_params` (e.g. a pretrained encoder's) replace the random values of the parameters they name; a projection
+  head that the checkpoint lacks keeps its fresh initialisation. Returns (state, state_shardings).
+  """
+  ids = jnp.zeros((1, config.data.max_len_student), jnp.int32)
+
+  def init(rng):
+    params = model.init(rng, ids, ids, head=True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+    abstract = jax.eval_shape(init, rng)
+    state_shardings = sharding_lib.logical_shardings(abstract, mesh)
+    state = jax.jit(init, out_shardings=state_shardings)(rng)
+  state, state_shardings = nn.meta.unbox(state), nn.meta.unbox(state_shardings)
+  if init_params is not None:
+    params = _overlay(state.params, init_params, state_shardings.params)
+    with jax.set_mesh(mesh):
+      opt_state = jax.jit(tx.init, out_shardings=state_shardings.opt_state)(params)
+    state = state.replace(params=params, opt_state=opt_state)
+  return state, state_shardings
+
+
+def _overlay(params: Any, loaded: Any, shardings: Any, path: str = "") -> Any:
+  if not isinstance(params, dict):
+    if tuple(params.shape) != tuple(loaded.shape):
+      raise ValueError(f"pretrained parameter {path} has shape {loaded.shape}, the model expects {params.shape}")
+    return jax.device_put(jnp.asarray(loaded, params.dtype), shardings)
+  out = dict(params)
+  for key, value in loaded.items():
+    if key not in params:
+      raise ValueError(f"pretrained parameter {path}/{key} does not exist in the model")
+    out[key] = _overlay(params[key], value, shardings[key], f"{path}/{key}")
+  return out
+
+
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh, state_shardings: Any, batch_keys: Any):
+  """`train_step` jitted with state/batch shardings and the state donated. Call it under `mesh_context(mesh)`."""
+  batch_shardings = {k: sharding_lib.data_sharding(mesh, rank) for k, rank in batch_keys.items()}
+  step = functools.partial(train_step, model=model, tx=tx, config=config)
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
+                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
+
+
+def mesh_context(mesh: jax.sharding.Mesh):
+  """The context every trace of the model needs: the mesh and the logical-axis rules."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES))
+  return stack
+
+
+BATCH_RANKS = {"student_ids": 2, "student_mask": 2, "teacher_tokens": 3, "teacher_mask": 2}
