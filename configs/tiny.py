@@ -1,16 +1,22 @@
-"""CI-sized OPTICAL run: random 2-layer student, random tiny teacher, SYNTHETIC bitext.
+"""CI-sized OPTICAL run: random 2-layer student and SYNTHETIC bitext, or (`:text`) a random tiny teacher on a file.
 
-Everything here is synthetic (optical_jax.data.synthetic): it exercises the whole training path in seconds on a CPU,
-it says nothing about retrieval quality.
+`configs/tiny.py` trains on synthetic token pairs with synthetic teacher embeddings (optical_jax.data.synthetic):
+it exercises the training path in seconds on a CPU and says nothing about retrieval quality.
+`configs/tiny.py:text` runs the whole text path — bitext file, random tiny teacher with a byte-level tokenizer,
+teacher store, student tokenization — with no asset package:
 
   optical-jax train --config configs/tiny.py --workdir runs/tiny
   optical-jax train --config configs/tiny.py --workdir runs/tiny --config.train.steps=50 --config.mesh.data=8
+  optical-jax precompute-teacher --config configs/tiny.py:text --workdir runs/tiny_text --config.data.bitext=pairs.tsv
+  optical-jax train --config configs/tiny.py:text --workdir runs/tiny_text --config.data.bitext=pairs.tsv
 """
 import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  text = arg == "text"
+  if arg not in (None, "", "text"):
+    raise ValueError(f"configs/tiny.py takes no argument or 'text', got {arg!r}")
   c = ml_collections.ConfigDict()
   c.seed = 0
 
@@ -29,17 +35,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       projection_dim=32,          # 0 = no projection head; here it maps hidden 64 to the teacher dim 32
       dtype="float32",            # compute dtype: "float32" | "bfloat16" (params stay float32)
       freeze_word_embeddings=False,
+      prefix="",                  # prepended to the low-resource text (e.g. "query: " for E5 students)
   ))
 
-  # Teacher: "synthetic" = the generator's own teacher embeddings; an HF directory for real runs.
-  c.teacher = ml_collections.ConfigDict(dict(path="synthetic", query_prefix="", passage_prefix="", dim=32))
+  # Teacher: "synthetic" = the generator's own embeddings; "random" = a random tiny BERT (hidden = dim) with a
+  # byte-level tokenizer; otherwise an HF directory.
+  c.teacher = ml_collections.ConfigDict(dict(path="random" if text else "synthetic", query_prefix="",
+                                             passage_prefix="", dim=32))
 
   c.data = ml_collections.ConfigDict(dict(
-      bitext="synthetic",         # "synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"
+      bitext="SET_ME" if text else "synthetic",  # "synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"
       teacher_store="",           # "" = <workdir>/teacher_store
       strict=False,
-      max_len_student=16,
-      max_len_teacher=24,
+      max_len_student=48 if text else 16,
+      max_len_teacher=48 if text else 24,
       num_examples=2048,          # synthetic only
   ))
 
@@ -49,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       relative_epsilon="",        # "" = absolute epsilon; "std" | "mean" = epsilon x that statistic of each cost matrix
       grad="envelope",            # "envelope" | "implicit" | "unroll"
       marginals="uniform",        # "uniform" | "idf"
+      tokens="all",               # tokens in the OT problem: "all" | "content" (no special / prefix tokens)
   ))
 
   c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))

@@ -118,8 +118,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise UserError(f"config: student.dtype must be one of {DTYPES}, got {config.student.dtype!r}")
   if config.student.init == "random" and config.student.get("model_type", "bert") not in MODEL_TYPES:
     raise UserError(f"config: student.model_type must be one of {MODEL_TYPES}, got {config.student.model_type!r}")
-  if "SET_ME" in str(config.teacher.path) or "SET_ME" in str(config.student.init):
-    raise UserError("config: teacher.path / student.init still say SET_ME: pass --config.teacher.path=HF_DIR")
+  for key in ("student.init", "teacher.path", "data.bitext"):
+    if "SET_ME" in str(_require(config, key)):
+      raise UserError(f"config: {key} is not set (SET_ME): pass --config.{key}=...")
   for key in ("batch_size", "steps", "log_every", "checkpoint_every"):
     if config.train[key] < 1:
       raise UserError(f"config: train.{key} must be >= 1, got {config.train[key]}")

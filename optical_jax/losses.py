@@ -50,6 +50,11 @@ def _bool_mask(mask: Array) -> Array:
   return jnp.asarray(mask) != 0
 
 
+def _compute_dtype(*arrays: Array) -> jnp.dtype:
+  """float32 for float16/bfloat16/float32 inputs; float64 only if an input is float64 (x64 mode, tests)."""
+  return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
 def l2_normalize(x: Array, axis: int = -1) -> Array:
   """x / max(||x||, 1e-6): zero vectors stay zero and have finite gradients."""
   sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
@@ -57,7 +62,7 @@ def l2_normalize(x: Array, axis: int = -1) -> Array:
 
 
 def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
-  """C_ij = 1 - cos(x_i, y_j) in float32, with every entry that touches a pad set to 0.
+  """C_ij = 1 - cos(x_i, y_j), with every entry that touches a pad set to 0.
 
   Args:
     x: [..., Lx, D] token vectors (any float dtype).
@@ -66,27 +71,28 @@ def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
     y_mask: [..., Ly] real-token mask.
 
   Returns:
-    [..., Lx, Ly] float32 cost. Pad vectors are replaced by 0 before normalising, so their gradient is exactly 0.
+    [..., Lx, Ly] cost, float32 (float64 for float64 inputs). Pad vectors are replaced by 0 before normalising, so their gradient is exactly 0.
   """
   x_mask, y_mask = _bool_mask(x_mask), _bool_mask(y_mask)
-  x = l2_normalize(jnp.where(x_mask[..., None], x.astype(jnp.float32), 0.0))
-  y = l2_normalize(jnp.where(y_mask[..., None], y.astype(jnp.float32), 0.0))
+  dtype = _compute_dtype(x, y)
+  x = l2_normalize(jnp.where(x_mask[..., None], x.astype(dtype), 0.0))
+  y = l2_normalize(jnp.where(y_mask[..., None], y.astype(dtype), 0.0))
   # Costs of an anisotropic encoder differ in the 2nd-3rd digit; TPU's default bf16 matmul passes would blur them.
   cos = jnp.einsum("...id,...jd->...ij", x, y, precision=jax.lax.Precision.HIGHEST)
   pair_mask = x_mask[..., :, None] & y_mask[..., None, :]
   return jnp.where(pair_mask, 1.0 - cos, 0.0)
 
 
-def _marginal(mask: Array, weights: Array | None) -> Array:
+def _marginal(mask: Array, weights: Array | None, dtype: jnp.dtype) -> Array:
   """Probability vector over real tokens: uniform, or `weights` clipped at 0 and renormalised (uniform if all 0)."""
-  real = mask.astype(jnp.float32)
+  real = mask.astype(dtype)
   if weights is None:
     w = real
   else:
-    w = jnp.maximum(jnp.asarray(weights, jnp.float32), 0.0) * real
+    w = jnp.maximum(jnp.asarray(weights, dtype), 0.0) * real
     w = jnp.where(jnp.sum(w, axis=-1, keepdims=True) > 0, w, real)
   total = jnp.sum(w, axis=-1, keepdims=True)
-  return w / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
+  return w / jnp.maximum(total, jnp.finfo(dtype).tiny)
 
 
 def _cost_scale(cost: Array, pair_mask: Array, mode: str) -> Array:
@@ -139,7 +145,7 @@ def _plan_diagnostics(plan: Array, cost: Array, a: Array, b: Array, row_mask: Ar
 
   # Row-normalised plan: which teacher tokens one student token is matched to. exp(mean row entropy) is the number
   # of teacher tokens a student token spreads over (1 = hard alignment, Lt = uniform).
-  row_dist = plan / jnp.maximum(rows, jnp.finfo(jnp.float32).tiny)[:, None]
+  row_dist = plan / jnp.maximum(rows, jnp.finfo(plan.dtype).tiny)[:, None]
   row_entropy = jnp.sum(neg_plogp(row_dist), axis=1)
   mean_row_entropy = jnp.sum(jnp.where(row_mask, row_entropy, 0.0)) / jnp.maximum(jnp.sum(row_mask), 1)
   return {
@@ -183,7 +189,7 @@ def ot_alignment_loss(
   Args:
     student_tokens: [B, Ls, D] student token embeddings.
     student_mask: [B, Ls] real-token mask (bool/int/float).
-    teacher_tokens: [B, Lt, D] teacher token embeddings (float16/bfloat16 fine: everything runs in float32).
+    teacher_tokens: [B, Lt, D] teacher token embeddings (float16/bfloat16 fine: the loss is computed in float32).
     teacher_mask: [B, Lt] real-token mask.
     epsilon: entropic regularisation; absolute, or the multiplier of the cost scale if `relative_epsilon` is set.
     iterations: Sinkhorn iterations (a fixed count, so vmapped examples never wait for the slowest).
@@ -223,14 +229,14 @@ def ot_alignment_loss(
 
   cost = cosine_cost(student_tokens, student_mask, teacher_tokens, teacher_mask)
   pair_mask = row_mask[:, :, None] & col_mask[:, None, :]
-  a = jax.lax.stop_gradient(_marginal(row_mask, student_weights))
-  b = jax.lax.stop_gradient(_marginal(col_mask, teacher_weights))
+  a = jax.lax.stop_gradient(_marginal(row_mask, student_weights, cost.dtype))
+  b = jax.lax.stop_gradient(_marginal(col_mask, teacher_weights, cost.dtype))
 
   if relative_epsilon is None:
-    eps = jnp.full(valid.shape, epsilon, jnp.float32)
+    eps = jnp.full(valid.shape, epsilon, cost.dtype)
   else:
     scale = jax.vmap(lambda c, m: _cost_scale(c, m, relative_epsilon))(jax.lax.stop_gradient(cost), pair_mask)
-    eps = jnp.maximum(epsilon * scale, _MIN_EPSILON).astype(jnp.float32)
+    eps = jnp.maximum(epsilon * scale, _MIN_EPSILON).astype(cost.dtype)
 
   if grad == "implicit":
     # Floor every weight (pads and zero-weight real tokens) so eps*log(marginal) stays finite; the pads then carry
@@ -261,8 +267,9 @@ def ot_alignment_loss(
 def masked_mean_pool(tokens: Array, mask: Array) -> Array:
   """[B, L, D] -> [B, D]: mean over real tokens (0 for an example without any)."""
   mask = _bool_mask(mask)
-  tokens = jnp.where(mask[..., None], tokens.astype(jnp.float32), 0.0)
-  count = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(jnp.float32)
+  dtype = _compute_dtype(tokens)
+  tokens = jnp.where(mask[..., None], tokens.astype(dtype), 0.0)
+  count = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1).astype(dtype)
   return jnp.sum(tokens, axis=-2) / count
 
 

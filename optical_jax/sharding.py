@@ -5,6 +5,7 @@ Axes: `data` (pure data parallel), `fsdp` (data parallel with parameters and opt
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Sequence
 
@@ -97,3 +98,11 @@ def process_batch_slice(global_batch_size: int, mesh: Mesh) -> slice:
   if stop - start != len(rows) * per_device:
     raise ValueError("this process's batch rows are not contiguous; use a mesh with processes along data/fsdp")
   return slice(start, stop)
+
+
+def mesh_context(mesh: Mesh) -> contextlib.ExitStack:
+  """What every trace of the model needs: the mesh and the logical-axis rules."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+  return stack

@@ -120,7 +120,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | N
   step = start
   last_time = time.perf_counter()
   try:
-    with _StopRequested() as stop, train_step_lib.mesh_context(mesh):
+    with _StopRequested() as stop, sharding_lib.mesh_context(mesh):
       if start >= total_steps:
         log.info("already trained to step %d (train.steps=%d)", start, total_steps)
       for step, local_batch in stream.iterate(start) if start < total_steps else ():

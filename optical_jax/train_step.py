@@ -4,7 +4,6 @@ No I/O and no host syncs here. `train.py` owns the loop; this module owns what r
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any
 
@@ -159,13 +158,3 @@ def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, config: m
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
 
-
-def mesh_context(mesh: jax.sharding.Mesh):
-  """The context every trace of the model needs: the mesh and the logical-axis rules."""
-  stack = contextlib.ExitStack()
-  stack.enter_context(jax.set_mesh(mesh))
-  stack.enter_context(nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES))
-  return stack
-
-
-BATCH_RANKS = {"student_ids": 2, "student_mask": 2, "teacher_tokens": 3, "teacher_mask": 2}

@@ -26,7 +26,7 @@ def _setup(mesh_shape, devices=None, overrides=()):
 def _run(mesh_shape, devices=None, steps=3, overrides=()):
   config, mesh, data, state, _, step = _setup(mesh_shape, devices, overrides)
   losses = []
-  with ts.mesh_context(mesh):
+  with sharding.mesh_context(mesh):
     for i in range(steps):
       idx = np.arange(i * config.train.batch_size, (i + 1) * config.train.batch_size) % data.num_examples
       state, metrics = step(state, sharding.global_batch(data.load_rows(idx), mesh))
@@ -64,7 +64,7 @@ def test_nonfinite_step_is_skipped_and_counted():
   batch = data.load_rows(np.arange(config.train.batch_size))
   bad = dict(batch, teacher_tokens=np.full_like(batch["teacher_tokens"], np.nan))
   before = jax.device_get(state.params)
-  with ts.mesh_context(mesh):
+  with sharding.mesh_context(mesh):
     state, metrics = step(state, sharding.global_batch(bad, mesh))
   assert int(metrics["skipped_steps"]) == 1
   after = jax.device_get(state.params)
@@ -74,7 +74,7 @@ def test_nonfinite_step_is_skipped_and_counted():
 def test_frozen_word_embeddings_do_not_move():
   config, mesh, data, state, _, step = _setup((8, 1, 1), overrides=["student.freeze_word_embeddings=True"])
   before = jax.device_get(state.params)
-  with ts.mesh_context(mesh):
+  with sharding.mesh_context(mesh):
     state, _ = step(state, sharding.global_batch(data.load_rows(np.arange(config.train.batch_size)), mesh))
   after = jax.device_get(state.params)
   flat_b = dict(jax.tree_util.tree_leaves_with_path(before))

@@ -12,7 +12,8 @@ Accepted formats (chosen by file suffix; `.gz` on top is decompressed):
 Ids default to `<basename>:<line>` (1-based physical line number). Texts are stripped of surrounding whitespace.
 Bad lines are skipped and counted in a `DataReport` under one reason each (see optical_jax.data.report.REASONS);
 with `strict=True` the first bad line raises `UserError("FILE:LINE: reason: detail")` instead (blank lines are
-only counted, never raised on).
+only counted, never raised on). Remote URIs go through etils.epath, which without TensorFlow uses fsspec: gs://
+needs the `gcsfs` package (a missing one is reported as a UserError).
 """
 from __future__ import annotations
 

@@ -191,7 +191,7 @@ class QuranBitext(_BitextBuilder):
             "(44 of 6,236 verses dropped).")
 
   def _split_pairs(self, split: str) -> tuple[Iterable[Pair], dict[str, int]]:
-    in_split = lambda surah: (surah % QURAN_TEST_EVERY == 1) == (split == "test")
+    in_split = lambda surah: (surah % QURAN_TEST_EVERY == 0) == (split == "test")
     stats: dict[str, int] = {}
     all_pairs, surah_verses = _quran_pairs(stats)
     pairs = [p for p in all_pairs if in_split(surah_of(str(p[0])))]

@@ -216,7 +216,7 @@ class BertEncoder(nn.Module):
     mask = attention_mask > 0
 
     if cfg.model_type == "xlm-roberta":
-      # HF create_position_ids_from_input_ids: positions count real tokens from pad_token_id + 1; pads sit at pad_token_id.
+      # As HF create_position_ids_from_input_ids: real tokens count from pad_token_id + 1, pads sit at pad_token_id.
       m = mask.astype(jnp.int32)
       positions = jnp.cumsum(m, axis=1) * m + cfg.pad_token_id
     else:

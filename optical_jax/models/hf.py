@@ -292,7 +292,8 @@ def _read_head(file: epath.Path, config: EncoderConfig) -> dict:
   return {"kernel": state["projection.kernel"].astype(np.float32), "bias": state["projection.bias"].astype(np.float32)}
 
 
-def from_pretrained(path, *, projection_dim: int = 0, normalize: bool = False, dtype: str = "float32") -> Encoder:
+def from_pretrained(path: str | os.PathLike, *, projection_dim: int = 0, normalize: bool = False,
+                    dtype: str = "float32") -> Encoder:
   """Load a Hugging Face BERT / XLM-R directory (local or gs://).
 
   A head saved by `save_pretrained` is restored; `projection_dim` > 0 on a directory without one adds a fresh head
@@ -327,7 +328,7 @@ def from_pretrained(path, *, projection_dim: int = 0, normalize: bool = False, d
   return Encoder(BertEncoder(config), params, config, _load_tokenizer(path), extra)
 
 
-def save_pretrained(encoder: Encoder, path) -> None:
+def save_pretrained(encoder: Encoder, path: str | os.PathLike) -> None:
   """Write config.json, model.safetensors (HF names, float32), tokenizer files and, with a projection head,
   optical_jax_head.safetensors, so that transformers' AutoModel and `from_pretrained` load the directory."""
   path = epath.Path(path)
