@@ -32,11 +32,13 @@ def load_student(workdir: str):
   state, shardings = train_step_lib.create_train_state(model, tx, config, mesh, jax.random.key(0))
   state, _ = checkpointer.restore(step, state, shardings)
   checkpointer.close()
-  tokenizer = data.tokenizer
-  if tokenizer is None and config.student.init != "random":
-    tokenizer = models.from_pretrained(config.student.init).tokenizer
+  tokenizer, extra = data.tokenizer, None
+  if config.student.init != "random":
+    # The pretrained directory's pooler and config fields travel with the export (the student never trains them).
+    source = models.from_pretrained(config.student.init)
+    tokenizer, extra = tokenizer or source.tokenizer, source.extra
   params = jax.device_get(state.params)
-  return models.Encoder(module=model, params=params, tokenizer=tokenizer, config=model.config), step
+  return models.Encoder(module=model, params=params, tokenizer=tokenizer, config=model.config, extra=extra), step
 
 
 def export(workdir: str, out: str) -> None:

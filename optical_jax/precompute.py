@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 
 import jax
@@ -18,6 +19,7 @@ from optical_jax import sharding as sharding_lib
 from optical_jax.data import encoding, teacher_store
 from optical_jax.data.report import DataReport
 from optical_jax.data.tfds_bitext import load_bitext
+from optical_jax.errors import UserError
 
 log = logging.getLogger("optical_jax")
 
@@ -61,8 +63,20 @@ def load_teacher(config: ml_collections.ConfigDict):
 
 
 def load_training_bitext(config: ml_collections.ConfigDict, workdir, report: DataReport | None = None):
-  return load_bitext(config.data.bitext, split="train", data_dir=tfds_data_dir(config, workdir),
-                     strict=bool(config.data.strict), report=report)
+  """The training bitext; `data.max_train_pairs` > 0 keeps a seeded random sample of that many pairs.
+
+  The sample depends only on (`data.sample_seed`, the source), so precompute-teacher and train, which both call
+  this, always see the same examples in the same order.
+  """
+  bitext = load_bitext(config.data.bitext, split="train", data_dir=tfds_data_dir(config, workdir),
+                       strict=bool(config.data.strict), report=report)
+  limit = int(config.data.get("max_train_pairs", 0) or 0)
+  if limit < 0:
+    raise UserError(f"config: data.max_train_pairs must be >= 0, got {limit}")
+  if limit and limit < len(bitext):
+    rows = sorted(random.Random(int(config.data.get("sample_seed", 0))).sample(range(len(bitext)), limit))
+    bitext = [bitext[i] for i in rows]
+  return bitext
 
 
 def precompute_teacher(config: ml_collections.ConfigDict, workdir: str) -> teacher_store.StoreManifest:

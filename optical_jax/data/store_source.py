@@ -49,6 +49,25 @@ def content_mask(mask: np.ndarray, skip_front: int) -> np.ndarray:
   return out
 
 
+def document_frequency(ids: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:
+  """[V] number of rows (sentences) in which each id occurs at a real position."""
+  ids = np.where(mask > 0, ids, -1)
+  ordered = np.sort(ids, axis=1)
+  first = np.ones(ordered.shape, bool)
+  first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+  return np.bincount(ordered[first & (ordered >= 0)], minlength=vocab_size)
+
+
+def idf_weights(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """[N, L] float32 BM25 IDF of each real token over the N rows (0 on pads): losses.idf_weights in numpy.
+
+  log(1 + (N - df + 0.5) / (df + 0.5)) is > 0 for every token, so a token in every sentence keeps some mass.
+  """
+  df = document_frequency(ids, mask, int(ids.max(initial=0)) + 1)[ids].astype(np.float64)
+  n = float(ids.shape[0])
+  return np.where(mask > 0, np.log1p((n - df + 0.5) / (df + 0.5)), 0.0).astype(np.float32)
+
+
 def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
   workdir = epath.Path(workdir)
   report = DataReport()
@@ -63,6 +82,11 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
   store = teacher_store.TeacherStore.open(root, expect=precompute.teacher_identity(config, teacher),
                                           verify=bool(config.data.get("verify_store", True)))
   teacher_tokenizer = teacher.tokenizer
+  marginals = config.ot.get("marginals", "uniform")
+  if marginals == "idf":
+    # The store holds the teacher's real tokens in tokenizer order: the same tokenization gives their ids.
+    teacher_ids, teacher_id_mask = teacher.tokenize([ex.target for ex in bitext], config.data.max_len_teacher,
+                                                    prefix=config.teacher.query_prefix)
   del teacher  # Only its identity and tokenizer are needed: the teacher never runs while training.
   tokenizer = student_tokenizer(config)
   ls = config.data.max_len_student
@@ -81,6 +105,11 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
   ot_tokens = config.ot.get("tokens", "all")
   student_skip = 1 + _prefix_length(tokenizer, prefix)
   teacher_skip = 1 + _prefix_length(teacher_tokenizer, config.teacher.query_prefix)
+  weights = {}
+  if marginals == "idf":
+    # IDF over the training bitext, each side in its own vocabulary; the loss renormalises over the OT tokens.
+    weights = {"student_weights": idf_weights(student_ids, student_mask),
+               "teacher_weights": idf_weights(teacher_ids, teacher_id_mask)}
 
   def load_rows(indices: np.ndarray) -> dict[str, np.ndarray]:
     tokens, mask = store.lookup_batch(store_rows[indices])
@@ -89,6 +118,11 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
     if ot_tokens == "content":
       batch["student_ot_mask"] = content_mask(batch["student_mask"], student_skip)
       batch["teacher_ot_mask"] = content_mask(batch["teacher_mask"], teacher_skip)
+    for key, table in weights.items():
+      rows = table[indices]
+      if key == "teacher_weights" and not np.array_equal(rows > 0, batch["teacher_mask"] > 0):
+        raise UserError(f"{root}: stored teacher token counts differ from the teacher tokenizer's; rebuild the store")
+      batch[key] = rows
     return batch
 
   ranks = {k: v.ndim for k, v in load_rows(np.arange(1)).items()}

@@ -1,0 +1,79 @@
+"""The real-data path on a generated file: precompute the teacher store, train from it, refuse a wrong store.
+
+configs/tiny.py:text uses a random tiny teacher with a byte-level tokenizer, so no asset package is needed.
+"""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", CI="1")
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "optical_jax", *args], env=ENV, capture_output=True, text=True,
+                        timeout=600)
+
+
+@pytest.fixture(scope="module")
+def bitext(tmp_path_factory):
+  rng = random.Random(0)
+  words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 6))) for _ in range(200)]
+  path = tmp_path_factory.mktemp("bitext") / "pairs.tsv"
+  with open(path, "w") as f:
+    f.write("id\tsource\ttarget\n")
+    for i in range(300):
+      sentence = rng.sample(words, rng.randint(2, 6))
+      f.write(f"p{i}\t{' '.join(sentence)}\t{' '.join(w[::-1].upper() for w in sentence)}\n")
+    f.write("bad\t\tEMPTY SOURCE\n")
+  return path
+
+
+@pytest.fixture(scope="module")
+def store_workdir(bitext, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("run")
+  proc = _cli("precompute-teacher", "--config", "configs/tiny.py:text", "--workdir", str(workdir),
+              f"--config.data.bitext={bitext}")
+  assert proc.returncode == 0, proc.stderr
+  return workdir
+
+
+def test_precompute_then_train(bitext, store_workdir):
+  report = json.loads((store_workdir / "data_report.json").read_text())
+  assert report["skipped"] == {"empty_side": 1}
+  manifest = json.loads((store_workdir / "teacher_store" / "manifest.json").read_text())
+  assert manifest["num_examples"] == 300 and manifest["complete"]
+  proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(store_workdir),
+              f"--config.data.bitext={bitext}", "--config.train.steps=6", "--config.train.log_every=3",
+              "--config.ot.tokens=content")
+  assert proc.returncode == 0, proc.stderr
+  summary = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert summary["final_step"] == 6 and summary["recompilations_after_first_step"] == 0
+
+
+def test_store_built_for_another_length_is_refused(bitext, store_workdir):
+  proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(store_workdir / "other"),
+              f"--config.data.bitext={bitext}", f"--config.data.teacher_store={store_workdir / 'teacher_store'}",
+              "--config.data.max_len_teacher=40")
+  assert proc.returncode == 2 and "max_len" in proc.stderr, proc.stderr
+
+
+def test_missing_store_is_a_clear_error(bitext, tmp_path):
+  proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(tmp_path), f"--config.data.bitext={bitext}")
+  assert proc.returncode == 2 and "precompute-teacher" in proc.stderr
+
+
+def test_corrupted_shard_is_refused_by_name(bitext, store_workdir, tmp_path):
+  import shutil
+  store = tmp_path / "store"
+  shutil.copytree(store_workdir / "teacher_store", store)
+  shard = sorted(store.glob("shard-*.array_record"))[0]
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 3] ^= 0xFF
+  shard.write_bytes(bytes(data))
+  proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(tmp_path / "run"),
+              f"--config.data.bitext={bitext}", f"--config.data.teacher_store={store}")
+  assert proc.returncode == 2 and shard.name in proc.stderr, proc.stderr
