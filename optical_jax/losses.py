@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import lineax
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation
@@ -40,10 +41,17 @@ _NORM_FLOOR = 1e-6
 
 Array = jax.Array
 
+
+def _normal_cg(**kwargs: Any) -> lineax.AbstractLinearSolver:
+  # OTT's default non-symmetric solver, without the deprecated lineax.NormalCG alias.
+  return lineax.Normal(lineax.CG(**kwargs))
+
+
 # The implicit linear system of a balanced problem is singular along the constant shift (f + c, g - c) of the
 # potentials; the ridge removes that direction (it does not change the gradient) so that degenerate problems, e.g. a
 # one-token side where the plan is just a b^T, give a zero gradient instead of a solver failure.
-_IMPLICIT_DIFF = implicit_differentiation.ImplicitDiff(solver_kwargs={"ridge_kernel": 1.0})
+_IMPLICIT_DIFF = implicit_differentiation.ImplicitDiff(
+    solver_kwargs={"ridge_kernel": 1.0, "nonsym_solver": _normal_cg})
 
 
 def _bool_mask(mask: Array) -> Array:
@@ -71,7 +79,8 @@ def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
     y_mask: [..., Ly] real-token mask.
 
   Returns:
-    [..., Lx, Ly] cost, float32 (float64 for float64 inputs). Pad vectors are replaced by 0 before normalising, so their gradient is exactly 0.
+    [..., Lx, Ly] cost, float32 (float64 for float64 inputs). Pad vectors are replaced by 0 before normalising,
+    so their gradient is exactly 0 even if they hold inf or NaN.
   """
   x_mask, y_mask = _bool_mask(x_mask), _bool_mask(y_mask)
   dtype = _compute_dtype(x, y)
@@ -105,28 +114,30 @@ def _cost_scale(cost: Array, pair_mask: Array, mode: str) -> Array:
   return jnp.sqrt(var)
 
 
-def _inner_iterations(iterations: int) -> int:
-  # OTT runs max_iterations // inner_iterations blocks, so the block size must divide the iteration count.
-  return max(d for d in range(1, 11) if iterations % d == 0)
-
-
 def _sinkhorn_plan(cost: Array, a: Array, b: Array, epsilon: Array, *, iterations: int, threshold: float | None,
-                   implicit: bool) -> Array:
+                   grad: str) -> Array:
   """Entropic OT plan of one example with OTT-JAX (log domain). Differentiable by unrolling or implicitly."""
   geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
   problem = linear_problem.LinearProblem(geom, a=a, b=b)
+  block = max(d for d in range(1, 11) if iterations % d == 0)
   if threshold is None:
-    # min == max iterations makes OTT run a fixed-length scan: no data-dependent stopping under vmap.
+    # min == max iterations makes OTT run a fixed-length scan: no data-dependent stopping under vmap. Unrolled
+    # gradients need one block of all iterations: with several blocks, OTT 0.6.0's unrolled backward
+    # (fixed_point_loop.fixpoint_iter_bwd with force_scan) replays the blocks from the first instead of the last,
+    # which gives wrong gradients (~5 % here). The other modes never differentiate through the loop, so they keep
+    # blocks of <= 10 iterations: the block body is traced unrolled, and one block of 100 iterations compiles slowly.
     min_iterations, threshold = iterations, -1.0
+    inner_iterations = iterations if grad == "unroll" else block
   else:
-    min_iterations = 0
+    # The convergence check runs every `inner_iterations`; OTT needs the block size to divide max_iterations.
+    min_iterations, inner_iterations = 0, block
   solver = sinkhorn.Sinkhorn(
       lse_mode=True,
       threshold=threshold,
       min_iterations=min_iterations,
       max_iterations=iterations,
-      inner_iterations=_inner_iterations(iterations),
-      implicit_diff=_IMPLICIT_DIFF if implicit else None,
+      inner_iterations=inner_iterations,
+      implicit_diff=_IMPLICIT_DIFF if grad == "implicit" else None,
   )
   return solver(problem).matrix
 
@@ -193,8 +204,10 @@ def ot_alignment_loss(
     teacher_mask: [B, Lt] real-token mask.
     epsilon: entropic regularisation; absolute, or the multiplier of the cost scale if `relative_epsilon` is set.
     iterations: Sinkhorn iterations (a fixed count, so vmapped examples never wait for the slowest).
-    grad: "envelope" (default): gradient P* w.r.t. C, plan held fixed (Danskin; exact at convergence, cheapest);
-      "unroll": backprop through the Sinkhorn iterations; "implicit": OTT's implicit differentiation.
+    grad: "envelope" (default): gradient P* w.r.t. C, plan held fixed (Danskin; cheapest);
+      "unroll": backprop through the Sinkhorn iterations (exact for any iteration count; keeps every iteration's
+      [Ls, Lt] intermediates for the backward pass); "implicit": OTT's implicit differentiation of the fixed point.
+      envelope and implicit assume a converged plan: watch aux["marginal_error"].
     relative_epsilon: None, "std" or "mean": eps_i = epsilon * std (mean) of example i's cost over real token
       pairs, without gradient.
     student_weights: optional [B, Ls] nonnegative marginal weights (e.g. IDF), renormalised over real tokens.
@@ -249,8 +262,7 @@ def ot_alignment_loss(
     solver_a, solver_b = a, b
     solver_cost = jax.lax.stop_gradient(cost) if grad == "envelope" else cost
 
-  solve = lambda c, sa, sb, e: _sinkhorn_plan(c, sa, sb, e, iterations=iterations, threshold=threshold,
-                                             implicit=grad == "implicit")
+  solve = lambda c, sa, sb, e: _sinkhorn_plan(c, sa, sb, e, iterations=iterations, threshold=threshold, grad=grad)
   plan = jax.vmap(solve)(solver_cost, solver_a, solver_b, eps)
   # Envelope: plan is a constant here (its cost input was stop-gradient), so d loss / d C = P*.
   per_example = jnp.sum(jnp.where(pair_mask, plan * cost, 0.0), axis=(1, 2))
@@ -277,11 +289,14 @@ def mse_distill_loss(student_tokens: Array, student_mask: Array, teacher_tokens:
                      ) -> tuple[Array, dict[str, Array]]:
   """Sentence-level distillation (Reimers & Gurevych 2020): ||norm(meanpool(s)) - norm(meanpool(t))||^2, batch mean.
 
-  On unit vectors this is 2 - 2 cos(pooled student, pooled teacher). Returns (loss, {"mse": loss}).
+  On unit vectors this is 2 - 2 cos(pooled student, pooled teacher). As in `ot_alignment_loss`, examples with no
+  real token on either side are left out of the mean. Returns (loss, {"mse": loss}).
   """
   student = l2_normalize(masked_mean_pool(student_tokens, student_mask))
   teacher = l2_normalize(masked_mean_pool(teacher_tokens, teacher_mask))
-  loss = jnp.mean(jnp.sum(jnp.square(student - teacher), axis=-1))
+  valid = jnp.any(_bool_mask(student_mask), axis=-1) & jnp.any(_bool_mask(teacher_mask), axis=-1)
+  per_example = jnp.sum(jnp.square(student - teacher), axis=-1)
+  loss = jnp.sum(jnp.where(valid, per_example, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
   return loss, {"mse": loss}
 
 
