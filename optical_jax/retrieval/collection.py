@@ -120,11 +120,11 @@ def load_collection(queries_tsv: os.PathLike | str, documents: os.PathLike | str
   unknown_q = sorted(set(qrels) - set(queries))
   if unknown_q:
     log.warning("%s: %d qrels queries are not in %s (e.g. %r); they are not evaluated", qrels_trec,
-                    len(unknown_q), queries_tsv, unknown_q[0])
+                len(unknown_q), queries_tsv, unknown_q[0])
   unknown_d = {d for judged in qrels.values() for d in judged} - set(docs)
   if unknown_d:
     log.warning("%s: %d judged documents are not in %s; they can never be retrieved", qrels_trec,
-                    len(unknown_d), documents)
+                len(unknown_d), documents)
   if name is None:
     name = os.path.splitext(os.path.basename(os.fspath(documents)))[0]
   return Collection(name=name, queries=queries, documents=docs, qrels=qrels)

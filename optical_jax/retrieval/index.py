@@ -178,7 +178,8 @@ def build_index(encode_fn: EncodeFn, texts: Sequence[str], doc_ids: Sequence[str
         mask = np.zeros((n, max_len), bool)
         pooled = np.zeros((n, embs.shape[2]), np.float32)
       if embs.shape[2] != token_embeddings.shape[2]:
-        raise ValueError(f"encode_fn returned embedding size {embs.shape[2]}, earlier batches {token_embeddings.shape[2]}")
+        raise ValueError(f"encode_fn returned embedding size {embs.shape[2]}, "
+                         f"earlier batches {token_embeddings.shape[2]}")
       if np.abs(embs).max(initial=0.0) > _FLOAT16_MAX or not np.isfinite(embs).all():
         raise ValueError(f"encode_fn returned non-finite or float16-overflowing values (documents {start}..)")
       token_embeddings[start:start + len(batch)] = embs

@@ -148,6 +148,8 @@ def search(query_repr: Any, doc_repr: Any, *, k: int, scorer: str = "maxsim", re
     raise UserError(f"unknown scorer {scorer!r}; use one of {SCORERS}")
   if reduce not in REDUCTIONS:
     raise UserError(f"unknown maxsim reduce {reduce!r}; use one of {REDUCTIONS}")
+  if precision.upper() not in ("DEFAULT", "HIGH", "HIGHEST"):
+    raise UserError(f"unknown matmul precision {precision!r}; use default, high or highest")
   queries = _as_pair(query_repr, scorer, "queries")
   docs = _as_pair(doc_repr, scorer, "documents")
   if queries[0].shape[-1] != docs[0].shape[-1]:
@@ -170,12 +172,10 @@ def search(query_repr: Any, doc_repr: Any, *, k: int, scorer: str = "maxsim", re
     mesh = _auto_mesh(mesh)
     doc_chunk = -(-doc_chunk // mesh.size) * mesh.size
     doc_sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
-    put_docs = lambda a: jax.device_put(a, doc_sharding)
-    put_replicated = lambda a: jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
+    put_docs = functools.partial(jax.device_put, device=doc_sharding)
+    put_replicated = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec()))
   else:
     put_docs = put_replicated = jax.device_put
-  if precision.upper() not in ("DEFAULT", "HIGH", "HIGHEST"):
-    raise UserError(f"unknown matmul precision {precision!r}; use default, high or highest")
   step = _compiled_step(scorer, reduce, k, precision.upper(), mesh)
 
   queries = tuple(q.astype(np.float32) if i == 0 else q.astype(bool) for i, q in enumerate(queries))

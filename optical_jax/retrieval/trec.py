@@ -93,7 +93,8 @@ def read_run(path: os.PathLike | str) -> Run:
       int(rank)
       value = float(score)
     except ValueError:
-      raise UserError(f"{path}:{lineno}: run rank must be an integer and score a number, got {rank!r} {score!r}") from None
+      raise UserError(f"{path}:{lineno}: run rank must be an integer and score a number, "
+                      f"got {rank!r} {score!r}") from None
     if math.isnan(value):
       raise UserError(f"{path}:{lineno}: run score is NaN")
     docs = run.setdefault(qid, {})

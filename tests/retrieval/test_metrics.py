@@ -11,9 +11,11 @@ from optical_jax.errors import UserError
 from optical_jax.retrieval.metrics import evaluate_run, parse_metric
 from optical_jax.retrieval.trec import rank_documents
 
+# Uncut nDCG is checked against ndcg_cut.1000 (the same thing for < 1000 judged and retrieved documents): pytrec_eval's
+# own "ndcg" can loop forever (seen after a query judged only with negative grades), so it is never called here.
 OURS_TO_TREC = {"map": "map", "ndcg@10": "ndcg_cut_10", "recall@100": "recall_100", "p@10": "P_10",
-                "mrr": "recip_rank", "ndcg": "ndcg"}
-TREC_MEASURES = {"map", "ndcg_cut.10", "recip_rank", "recall.100", "P.10", "ndcg"}
+                "mrr": "recip_rank", "ndcg": "ndcg_cut_1000"}
+TREC_MEASURES = {"map", "ndcg_cut.10", "recip_rank", "recall.100", "P.10", "ndcg_cut.1000"}
 METRICS = ("map", "ndcg@10", "mrr@10", "recall@100", "p@10", "mrr", "ndcg")
 
 

@@ -121,7 +121,10 @@ def test_mesh_shards_document_chunks(monkeypatch):
   search_module = sys.modules["optical_jax.retrieval.search"]
   placed = []
   real_put = jax.device_put
-  monkeypatch.setattr(search_module.jax, "device_put", lambda x, s=None: placed.append((np.shape(x), s)) or real_put(x, s))
+  def recording_put(x, device=None):
+    placed.append((np.shape(x), device))
+    return real_put(x, device)
+  monkeypatch.setattr(search_module.jax, "device_put", recording_put)
   qt, qm, dt, dm = _data(9)
   search((qt, qm), (dt, dm), k=5, doc_chunk=16, mesh=jax.make_mesh((8,), ("data",)))
   doc_puts = [s for shape, s in placed if shape[:1] == (16,)]
