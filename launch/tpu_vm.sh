@@ -212,7 +212,7 @@ do_setup() {
     "$apt install -y $PYTHON_REMOTE $PYTHON_REMOTE-venv; fi" \
     '[ -x "$HOME/optical_jax_venv/bin/python" ] || '"$PYTHON_REMOTE"' -m venv "$HOME/optical_jax_venv"' \
     '"$HOME/optical_jax_venv/bin/pip" install -q -U pip' \
-    '"$HOME/optical_jax_venv/bin/pip" install -q -e "$HOME/optical_jax" '"$(quote "$JAX_TPU_PIN")" \
+    '"$HOME/optical_jax_venv/bin/pip" install -q -e "$HOME/optical_jax[gcs]" '"$(quote "$JAX_TPU_PIN")" \
     'echo "$(hostname): optical_jax installed"')
   run_cmd "${tpu[@]}" ssh "$name" "${location[@]}" --worker=all "--command=$remote"
 }

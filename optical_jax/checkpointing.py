@@ -18,14 +18,19 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+_CPU_HANDLER_REGISTERED = False
+
+
 class Checkpointer:
   def __init__(self, directory: str | epath.Path, *, keep: int = 2, async_save: bool = True):
     self.directory = epath.Path(directory)
-    if jax.default_backend() == "cpu":
+    global _CPU_HANDLER_REGISTERED
+    if jax.default_backend() == "cpu" and not _CPU_HANDLER_REGISTERED:
       # Replica-parallel saving slices every replicated array per device, compiling one tiny program per device and
       # shape: tens of seconds on simulated CPU meshes for nothing. Accelerators keep orbax's default.
       ocp.type_handlers.register_type_handler(
           jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+      _CPU_HANDLER_REGISTERED = True
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import sys
 from typing import Any
 
@@ -28,8 +29,15 @@ class MetricWriter:
       return
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = (workdir / "metrics.jsonl").open("a")
-    if tensorboard:
+    self._path = workdir / "metrics.jsonl"
+    # Object stores (gs://) have no append: gcsfs silently turns "a" into "w". There the file is rewritten whole at
+    # each logged step (small: one row per log step).
+    self._local = isinstance(self._path, pathlib.PurePath) and not str(self._path).startswith(("gs://", "s3://"))
+    if self._local:
+      self._jsonl = self._path.open("a")
+    else:
+      self._rows = self._path.read_text().splitlines() if self._path.exists() else []
+    if tensorboard and self._local:
       from tensorboardX import SummaryWriter  # Writes event files without TensorFlow.
       self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
@@ -42,8 +50,13 @@ class MetricWriter:
       row[k] = v if math.isfinite(v) else str(v)
       if self._tb is not None and math.isfinite(v):
         self._tb.add_scalar(k, v, int(step))
-    self._jsonl.write(json.dumps(row, sort_keys=True) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(row, sort_keys=True)
+    if self._local:
+      self._jsonl.write(line + "\n")
+      self._jsonl.flush()
+    else:
+      self._rows.append(line)
+      self._path.write_text("".join(r + "\n" for r in self._rows))
 
   def close(self) -> None:
     if self._jsonl is not None:

@@ -107,9 +107,6 @@ def test_teacher_store_is_read_from_gcs(gcs, tmp_path):
       np.testing.assert_array_equal(x, y)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="ArrayRecordWriter writes local files only (its reader does read gs://): "
-                          "teacher_store.py must write each shard locally and upload it through epath")
 def test_teacher_store_is_written_to_gcs(gcs):
   examples, encode, meta = _store_inputs()
   teacher_store.precompute(f"{BUCKET}/store", examples, encode, batch_size=4, examples_per_shard=8, meta=meta,
@@ -118,8 +115,6 @@ def test_teacher_store_is_written_to_gcs(gcs):
     assert len(store) == len(examples)
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.py opens metrics.jsonl in append mode, which GCS (gcsfs) turns into "
-                                       "overwrite: a resumed run loses the rows before it")
 def test_metric_rows_survive_a_resume_on_gcs(gcs):
   del gcs
   for step in (1, 2):  # Two runs of the same workdir.
@@ -129,9 +124,6 @@ def test_metric_rows_survive_a_resume_on_gcs(gcs):
   assert [r["step"] for r in metrics_lib.read_metrics(f"{BUCKET}/run")] == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, raises=ImportError,
-                   reason="tensorboardX writes gs:// only through google-cloud-storage (metrics.py: write TensorBoard "
-                          "events through epath, or off for remote workdirs); see test_metric_rows_survive_a_resume")
 def test_train_and_resume_with_a_gcs_workdir(gcs):
   def run(steps):
     config = config_lib.load_config(TINY, [

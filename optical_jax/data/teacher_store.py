@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -217,7 +218,13 @@ class TeacherStoreWriter:
     if not np.isfinite(stored.astype(np.float32)).all():
       raise UserError(f"teacher store: embeddings of id {example_id!r} are not finite in {self.meta['dtype']}")
     if self._writer is None:
-      self._tmp_path = self.root / (shard_name(self.process_index, len(self._progress["shards"])) + ".tmp")
+      name = shard_name(self.process_index, len(self._progress["shards"])) + ".tmp"
+      if _is_remote(self.root):
+        # ArrayRecordWriter writes local files only: build the shard in a local temp dir, upload it on commit.
+        self._local_dir = tempfile.TemporaryDirectory(prefix="teacher_store_")
+        self._tmp_path = epath.Path(self._local_dir.name) / name
+      else:
+        self._tmp_path = self.root / name
       self._writer = array_record_module.ArrayRecordWriter(str(self._tmp_path), _WRITER_OPTIONS)
     self._writer.write(msgpack.packb([example_id, length, stored.tobytes()]))
     self._ids.append(example_id)
@@ -232,9 +239,17 @@ class TeacherStoreWriter:
     self._writer = None
     if not ok:
       raise OSError(f"teacher store: writing {self._tmp_path} failed")
-    final = self._tmp_path.parent / self._tmp_path.name.removesuffix(".tmp")
+    final = self.root / self._tmp_path.name.removesuffix(".tmp")
     sha, size = _sha256(self._tmp_path)
-    self._tmp_path.replace(final)
+    if _is_remote(self.root):
+      # Upload under the .tmp name, then rename: a kill mid-upload leaves debris the next run deletes, never a
+      # shard that looks complete.
+      remote_tmp = self.root / self._tmp_path.name
+      remote_tmp.write_bytes(self._tmp_path.read_bytes())
+      remote_tmp.rename(final)
+      self._local_dir.cleanup()
+    else:
+      self._tmp_path.replace(final)
     self._progress["shards"].append({"name": final.name, "num_examples": len(self._ids), "sha256": sha,
                                      "size_bytes": size, "process": self.process_index})
     self._ids, self._lengths = [], []
@@ -254,6 +269,10 @@ class TeacherStoreWriter:
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+
+
+def _is_remote(path: epath.Path) -> bool:
+  return "://" in str(path)
 
 
 def _read_progress(root: epath.Path) -> list[dict[str, Any]]:
