@@ -79,7 +79,7 @@ def test_tpu_setup_v5e_256_dry_run(tmp_path):
   assert "--worker=all" in scp and scp[6] == "optical-v5e:optical_jax-src.tar.gz"
   assert ssh[4:6] == ["ssh", "optical-v5e"] and "--worker=all" in ssh
   _, words = remote_command(ssh)
-  assert contains_run(words, ["$HOME/optical_jax_venv/bin/pip", "install", "-q", "-e", "$HOME/optical_jax",
+  assert contains_run(words, ["$HOME/optical_jax_venv/bin/pip", "install", "-q", "-e", "$HOME/optical_jax[gcs]",
                               "jax[tpu]==0.10.2;"])
   assert not list(tmp_path.iterdir()), "a dry run must not write the source tarball"
 
@@ -244,7 +244,7 @@ def test_tpu_setup_end_to_end_is_idempotent(tmp_path):
   log = (tmp_path / "gcloud.log").read_text().splitlines()
   assert [line for line in log if line.startswith("python3.11")] == [f"python3.11 -m venv {home}/optical_jax_venv"]
   installs = [line for line in log if line.startswith("pip install -q -e")]
-  assert installs == [f"pip install -q -e {home}/optical_jax jax[tpu]==0.10.2"] * 2
+  assert installs == [f"pip install -q -e {home}/optical_jax[gcs] jax[tpu]==0.10.2"] * 2
   with tarfile.open(tmp_path / "optical_jax-src-optical-v5e.tar.gz") as tar:
     assert not any("/.venv/" in name or name.startswith("./.git/") for name in tar.getnames())
 
