@@ -57,9 +57,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       min_real_frac=0.5,          # real lengths are uniform in [ceil(frac * L), L], as in benchmarks/torch_reference
       ot_repeats=5,               # timed calls of each OT-only loss (--compare)
       loop_repeats=1,             # timed calls of the per-pair POT loop (seconds each at B=32)
-      sweep_batch=(8, 16, 32),
+      torch_threads=(0, 1),       # the reference at torch's default and at 1 thread; ratios use the faster one
+      sweep_batch=(8, 32),
       sweep_student_len=(16, 32),
-      sweep_iterations=(10, 25, 50, 100),
+      sweep_iterations=(10, 50, 100),
       sweep_steps=3,
   ))
   return c

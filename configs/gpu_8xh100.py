@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       projection_dim=0,
       dtype="bfloat16",
       freeze_word_embeddings=False,
+      prefix="",  # prepended to the low-resource text (e.g. "query: " for E5 students)
   ))
 
   c.teacher = ml_collections.ConfigDict(dict(
@@ -84,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # epsilon relative to each cost matrix's mean: see configs/xlmr_base.py.
   c.ot = ml_collections.ConfigDict(dict(epsilon=0.05, iterations=100, relative_epsilon="mean", grad="envelope",
-                                        marginals="uniform"))
+                                        marginals="uniform", tokens="all"))
 
   c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
 

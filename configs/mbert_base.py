@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       projection_dim=0,           # 0 = token states compared directly with the teacher's
       dtype="bfloat16",           # compute dtype; params stay float32
       freeze_word_embeddings=False,  # True drops 92M params from grads/AdamW: the largest throughput knob
+      prefix="",  # prepended to the low-resource text (e.g. "query: " for E5 students)
   ))
 
   # The English teacher: an HF directory (e.g. a ColBERT/E5-style English retriever). Its token states
@@ -86,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       relative_epsilon="mean",
       grad="envelope",
       marginals="uniform",
+      tokens="all",               # "all" | "content" (no special / prefix tokens in the OT problem)
   ))
 
   c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
