@@ -34,7 +34,6 @@ Why these choices (estimates; check them with `optical-jax bench`):
   on ICI-neighbouring chips; XLA overlaps the per-layer weight all-gathers with compute. 192M of the 278M params are the
   word embeddings, whose dense gradient arrives last in the backward pass and cannot overlap:
   freeze_word_embeddings=True is the largest throughput knob if the method allows it.
-  prefix="",  # prepended to the low-resource text (e.g. "query: " for E5 students)
 - tensor=1: at d=768 a 4-way split leaves 192-wide matmuls and adds two activation all-reduces per
   layer; no memory pressure justifies it.
 - 64 pairs x 64 tokens = 4096 tokens per chip: ~2.1 TFLOP per chip per step (517 MFLOP/token),
@@ -73,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       projection_dim=0,
       dtype="bfloat16",
       freeze_word_embeddings=False,
+      prefix="",  # prepended to the low-resource text (e.g. "query: " for E5 students)
   ))
 
   c.teacher = ml_collections.ConfigDict(dict(
