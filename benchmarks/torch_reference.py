@@ -64,6 +64,7 @@ class ReferenceConfig:
   lr: float = 1e-4
   weight_decay: float = 0.01
   clip_norm: float = 1.0
+  freeze_word_embeddings: bool = False  # as optical_jax's student.freeze_word_embeddings: no grad, no AdamW state
   min_len_frac: float = 0.5   # real lengths are drawn uniformly from [ceil(frac * L), L]
   seed: int = 0
 
@@ -98,7 +99,7 @@ def from_optical_config(config, **overrides) -> ReferenceConfig:
       ffn=s.intermediate_size, vocab=s.vocab_size, model_type=s.get("model_type", "bert"),
       projection_dim=s.get("projection_dim", 0), epsilon=config.ot.epsilon, iterations=config.ot.iterations,
       lr=config.train.lr, weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
-      seed=config.seed)
+      freeze_word_embeddings=bool(s.get("freeze_word_embeddings", False)), seed=config.seed)
   fields.update(overrides)
   return ReferenceConfig(**fields)
 
@@ -214,6 +215,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
   # No decay on biases and LayerNorm weights (the BERT recipe, as in optical_jax.train_step).
   decay, no_decay = [], []
   for name, p in model.named_parameters():
+    if not p.requires_grad:
+      continue
     (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
   return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -223,6 +226,8 @@ def make_reference_step(cfg: ReferenceConfig) -> Callable[[dict[str, torch.Tenso
   torch.manual_seed(cfg.seed)
   model = build_student(cfg)
   model.train()
+  if cfg.freeze_word_embeddings:
+    model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
   optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
   ot_loss = OT_LOSSES[cfg.ot_variant]
 
@@ -325,6 +330,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   for field in ("epsilon", "lr", "weight_decay", "clip_norm", "min_len_frac"):
     p.add_argument("--" + field.replace("_", "-"), type=float, default=getattr(d, field))
   p.add_argument("--model-type", choices=MODEL_TYPES, default=d.model_type)
+  p.add_argument("--freeze-word-embeddings", action="store_true", help="no gradient for the word-embedding table")
   p.add_argument("--ot-variant", choices=OT_VARIANTS, default=d.ot_variant, help="OT solver inside the timed step")
   p.add_argument("--steps", type=int, default=3, help="timed steps")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps first")

@@ -5,6 +5,7 @@ rerun, continues from its last complete shard (data/teacher_store.py).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import random
@@ -33,8 +34,17 @@ def tfds_data_dir(config: ml_collections.ConfigDict, workdir) -> epath.Path:
 
 
 def _file_checksum(path: epath.Path) -> str:
+  stat = path.stat()
+  return _checksum(str(path), stat.length, stat.mtime)
+
+
+@functools.lru_cache(maxsize=16)
+def _checksum(path: str, size: int, mtime: float) -> str:
+  # Keyed on size and mtime too: a file rewritten in place is hashed again. (A 470 MB teacher takes seconds to hash,
+  # and one demo process checks the store's teacher several times.)
+  del size, mtime
   digest = hashlib.sha256()
-  with path.open("rb") as f:
+  with epath.Path(path).open("rb") as f:
     for chunk in iter(lambda: f.read(8 << 20), b""):
       digest.update(chunk)
   return digest.hexdigest()
@@ -58,8 +68,19 @@ def teacher_identity(config: ml_collections.ConfigDict, encoder) -> dict:
 
 
 def load_teacher(config: ml_collections.ConfigDict):
-  return encoding.load_encoder(str(config.teacher.path), random_dims={"hidden_size": config.teacher.dim},
-                               seed=config.seed + 1)
+  """The frozen teacher encoder (cached per process: precompute, training data, export and evaluation all ask)."""
+  path = str(config.teacher.path)
+  version = None
+  if path != "random":
+    config_file = epath.Path(path) / "config.json"
+    version = config_file.stat().mtime if config_file.exists() else None
+  return _load_teacher(path, int(config.teacher.dim), int(config.seed) + 1, version)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_teacher(path: str, dim: int, seed: int, version: float | None):
+  del version  # only part of the cache key: a directory rewritten in place is loaded again
+  return encoding.load_encoder(path, random_dims={"hidden_size": dim}, seed=seed)
 
 
 def load_training_bitext(config: ml_collections.ConfigDict, workdir, report: DataReport | None = None):

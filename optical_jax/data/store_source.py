@@ -28,7 +28,7 @@ def student_tokenizer(config: ml_collections.ConfigDict):
   return AutoTokenizer.from_pretrained(str(config.student.init))
 
 
-def _prefix_length(tokenizer, prefix: str) -> int:
+def prefix_length(tokenizer, prefix: str) -> int:
   """Pieces the prefix adds after the leading special token (e.g. E5's "query: " is 3 pieces)."""
   if not prefix:
     return 0
@@ -103,8 +103,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
                     "it was built for other bitext: rerun precompute-teacher into a new store")
   store_rows = np.asarray([store.index_of(ex.id) for ex in bitext], np.int64)
   ot_tokens = config.ot.get("tokens", "all")
-  student_skip = 1 + _prefix_length(tokenizer, prefix)
-  teacher_skip = 1 + _prefix_length(teacher_tokenizer, config.teacher.query_prefix)
+  student_skip = 1 + prefix_length(tokenizer, prefix)
+  teacher_skip = 1 + prefix_length(teacher_tokenizer, config.teacher.query_prefix)
   weights = {}
   if marginals == "idf":
     # IDF over the training bitext, each side in its own vocabulary; the loss renormalises over the OT tokens.

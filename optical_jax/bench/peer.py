@@ -1,0 +1,140 @@
+"""The PyTorch + POT peer of `optical-jax bench --compare` (benchmarks/torch_reference.py), at optical_jax's shapes.
+
+The reference lives in the repository's `benchmarks/` directory, not in the installed package, and needs the test
+extras (torch, transformers, POT). `load_reference` finds it from the working directory or the source checkout.
+"""
+from __future__ import annotations
+
+import importlib
+import pathlib
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from optical_jax.errors import UserError
+
+
+def load_reference():
+  """Imports benchmarks.torch_reference (adding the repository root to sys.path if needed)."""
+  try:
+    return importlib.import_module("benchmarks.torch_reference")
+  except ModuleNotFoundError as e:
+    missing = e.name or ""
+    if missing not in ("benchmarks", "benchmarks.torch_reference"):
+      raise UserError(f"--compare needs torch, transformers and POT (pip install 'optical_jax[test]'): {e}") from e
+  for root in (pathlib.Path.cwd(), pathlib.Path(__file__).resolve().parents[2]):
+    if (root / "benchmarks" / "torch_reference.py").is_file():
+      sys.path.insert(0, str(root))
+      try:
+        return importlib.import_module("benchmarks.torch_reference")
+      except ModuleNotFoundError as e:
+        raise UserError(f"--compare needs torch, transformers and POT (pip install 'optical_jax[test]'): {e}") from e
+  raise UserError("--compare needs benchmarks/torch_reference.py: run from the optical_jax repository root")
+
+
+def reference_config(ref, config: ml_collections.ConfigDict, encoder_config, min_real_frac: float):
+  """The reference's config at the step's shapes, and the list of ways it is not the identical computation."""
+  s = config.student
+  cfg = ref.ReferenceConfig(
+      batch=config.train.batch_size, student_len=config.data.max_len_student,
+      teacher_len=config.data.max_len_teacher, hidden=encoder_config.hidden_size,
+      layers=encoder_config.num_layers, heads=encoder_config.num_heads, ffn=encoder_config.intermediate_size,
+      vocab=encoder_config.vocab_size, model_type=encoder_config.model_type,
+      projection_dim=encoder_config.projection_dim, teacher_dim=int(config.teacher.dim),
+      epsilon=float(config.ot.epsilon), iterations=int(config.ot.iterations), lr=float(config.train.lr),
+      weight_decay=float(config.train.weight_decay), clip_norm=float(config.train.clip_norm),
+      freeze_word_embeddings=bool(s.get("freeze_word_embeddings", False)), min_len_frac=min_real_frac,
+      seed=int(config.seed))
+  differences = []
+  checks = [
+      (config.ot.grad == "envelope", f"ot.grad={config.ot.grad!r} (the reference uses the envelope gradient)"),
+      (not config.ot.get("relative_epsilon"), "relative epsilon (the reference uses an absolute epsilon)"),
+      (config.ot.get("marginals", "uniform") == "uniform", "IDF marginals (the reference uses uniform ones)"),
+      (config.ot.get("tokens", "all") == "all", "content-token OT masks (the reference aligns all real tokens)"),
+      (s.get("dtype", "float32") == "float32", f"student.dtype={s.get('dtype')} (the reference runs float32)"),
+      (not encoder_config.normalize, "L2-normalised head output (the reference has none)"),
+      (not float((config.get("loss") or {}).get("mse_weight", 0.0)), "an MSE term (the reference has OT only)"),
+  ]
+  for same, what in checks:
+    if not same:
+      differences.append(what)
+  return cfg, differences
+
+
+class TorchPeer:
+  """One reference model; its step and the POT losses can run at several torch thread counts."""
+
+  def __init__(self, ref, cfg, threads: tuple[int, ...]):
+    import torch  # pylint: disable=import-outside-toplevel
+    self.torch, self.ref, self.cfg = torch, ref, cfg
+    self.default_threads = torch.get_num_threads()
+    self.threads = tuple(dict.fromkeys(int(t) or self.default_threads for t in threads))
+    self.step = ref.make_reference_step(cfg)
+    self.batch = ref.synthetic_batch(cfg)
+    self.real_tokens_per_batch = float(self.batch["attention_mask"].sum())
+    self.num_parameters = int(sum(p.numel() for p in self.step.model.parameters()))
+    self.losses: list[float] = []
+    self.cpu_s: dict[int, list[float]] = {t: [] for t in self.threads}
+    self.page_faults: dict[int, list[float]] = {t: [] for t in self.threads}
+    self.ot_losses: dict[str, float] = {}
+    self.ot_fwd: dict[str, list[float]] = {}
+
+  def label(self, threads: int) -> str:
+    return f"{threads}{' (default)' if threads == self.default_threads else ''}"
+
+  def run_step(self, threads: int) -> list[float]:
+    from optical_jax.bench import timing  # pylint: disable=import-outside-toplevel
+    self.torch.set_num_threads(threads)
+    try:
+      cpu_start, faults_start = timing.process_usage()
+      start = time.perf_counter()
+      self.losses.append(self.step(self.batch))
+      duration = time.perf_counter() - start
+      cpu_end, faults_end = timing.process_usage()
+      self.cpu_s[threads].append(cpu_end - cpu_start)
+      self.page_faults[threads].append(faults_end - faults_start)
+      return [duration]
+    finally:
+      self.torch.set_num_threads(self.default_threads)
+
+  def ot_inputs(self) -> dict[str, np.ndarray]:
+    """The OT-loss inputs both sides time: the reference's masks and teacher tokens, random student tokens."""
+    g = self.torch.Generator().manual_seed(self.cfg.seed + 1)
+    student = self.torch.randn(self.cfg.batch, self.cfg.student_len, self.cfg.output_dim, generator=g)
+    return {"student_tokens": student.numpy(), "student_mask": self.batch["attention_mask"].numpy().astype(np.int32),
+            "teacher_tokens": self.batch["teacher_tokens"].numpy(),
+            "teacher_mask": self.batch["teacher_mask"].numpy().astype(np.int32)}
+
+  def run_ot(self, variant: str, inputs: dict[str, np.ndarray], threads: int | None = None) -> list[float]:
+    """One forward + backward of a POT loss on `inputs`; returns that duration, keeps the forward one apart."""
+    torch = self.torch
+    threads = threads or self.default_threads
+    torch.set_num_threads(threads)
+    try:
+      tokens = torch.from_numpy(inputs["student_tokens"]).clone().requires_grad_(True)
+      masks = {k: torch.from_numpy(inputs[k]).long() for k in ("student_mask", "teacher_mask")}
+      teacher = torch.from_numpy(inputs["teacher_tokens"])
+      start = time.perf_counter()
+      loss = self.ref.OT_LOSSES[variant](tokens, masks["student_mask"], teacher, masks["teacher_mask"],
+                                         epsilon=self.cfg.epsilon, iterations=self.cfg.iterations)
+      mid = time.perf_counter()
+      loss.backward()
+      end = time.perf_counter()
+    finally:
+      torch.set_num_threads(self.default_threads)
+    self.ot_losses[variant] = float(loss.detach())  # same inputs every call: the value does not change
+    self.ot_fwd.setdefault(f"{variant}@{threads}", []).append(mid - start)
+    return [end - start]
+
+  def describe(self) -> dict[str, Any]:
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    import ot  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+    return {"peer": "PyTorch eager (transformers) + POT", "config": dataclasses.asdict(self.cfg),
+            "versions": {"torch": self.torch.__version__, "transformers": transformers.__version__,
+                         "pot": ot.__version__},
+            "torch_default_threads": self.default_threads, "num_parameters": self.num_parameters,
+            "real_tokens_per_batch": self.real_tokens_per_batch}

@@ -1,0 +1,244 @@
+"""The optical_jax side of the benchmark: the real sharded train step on batches generated on the devices.
+
+`TrainStepBench` builds the student, the optimizer state and one jitted train step per *variant* (a config that
+differs only in its loss, e.g. the OT loss swapped for a same-shape MSE loss), all sharing one donated state, and
+times blocks of steps with metrics read one step late. `OtLossBench` times the OT loss alone on fixed inputs.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from optical_jax import losses
+from optical_jax import sharding as sharding_lib
+from optical_jax import train_step as train_step_lib
+from optical_jax.bench import timing
+from optical_jax.data import training_data
+from optical_jax.errors import UserError
+
+# Measurement knobs; a config's optional `bench` section overrides them (configs/bench_cpu.py documents them).
+BENCH_DEFAULTS = dict(
+    warmup_steps=2,        # untimed steps of every variant after compilation
+    max_rounds=10,         # timed steps are split into at most this many interleaved rounds
+    num_batches=4,         # distinct synthetic batches cycled through (same shapes: no recompilation)
+    min_real_frac=0.5,     # real lengths are uniform in [ceil(frac * L), L] (benchmarks/torch_reference's rule)
+    ot_repeats=5,          # timed calls of each OT-only loss
+    loop_repeats=1,        # timed calls of the per-pair POT loop (--compare)
+    torch_threads=(0, 1),  # torch thread counts the reference runs at (0 = its default); ratios use the fastest
+    sweep_batch=(8, 16, 32),
+    sweep_student_len=(16, 32),
+    sweep_iterations=(10, 50, 100),
+    sweep_steps=3,
+)
+
+
+def bench_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  settings = ml_collections.ConfigDict(BENCH_DEFAULTS)
+  user = config.get("bench") or {}
+  for key, value in user.items():
+    if key not in BENCH_DEFAULTS:
+      raise UserError(f"config: unknown key bench.{key} (known: {', '.join(sorted(BENCH_DEFAULTS))})")
+    settings[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+  if settings.warmup_steps < 0 or settings.num_batches < 1 or settings.max_rounds < 1 or settings.ot_repeats < 1:
+    raise UserError("config: bench.warmup_steps must be >= 0 and bench.num_batches, bench.max_rounds, "
+                    "bench.ot_repeats >= 1")
+  if not 0.0 < settings.min_real_frac <= 1.0:
+    raise UserError(f"config: bench.min_real_frac must be in (0, 1], got {settings.min_real_frac}")
+  return settings
+
+
+def mse_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+  """The same step with the OT loss replaced by the sentence-level MSE loss of the same tensors (None: no OT)."""
+  weights = config.get("loss") or ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
+  if not float(weights.get("ot_weight", 1.0)):
+    return None
+  out = copy.deepcopy(config)
+  out.loss = ml_collections.ConfigDict(dict(ot_weight=0.0, mse_weight=1.0))
+  return out
+
+
+def _batch_ranks(config: ml_collections.ConfigDict) -> dict[str, int]:
+  ranks = {"student_ids": 2, "student_mask": 2, "teacher_tokens": 3, "teacher_mask": 2}
+  if config.ot.get("tokens", "all") == "content":
+    ranks.update(student_ot_mask=2, teacher_ot_mask=2)
+  if config.ot.get("marginals", "uniform") == "idf":
+    ranks.update(student_weights=2, teacher_weights=2)
+  return ranks
+
+
+def make_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, pad_id: int, vocab_size: int,
+                 teacher_dim: int, count: int, min_real_frac: float) -> list[dict[str, jax.Array]]:
+  """`count` synthetic batches generated directly on the devices, already laid out with the data sharding.
+
+  Real lengths are uniform in [ceil(min_real_frac * L), L] with prefix masks on both sides; ids are uniform over
+  the vocabulary; teacher tokens are random normal in the store's dtype. Same shapes in every batch.
+  """
+  b, ls, lt = config.train.batch_size, config.data.max_len_student, config.data.max_len_teacher
+  teacher_dtype = jnp.dtype(config.data.get("teacher_dtype", "float16") or "float16")
+  ranks = _batch_ranks(config)
+  shardings = {k: sharding_lib.data_sharding(mesh, r) for k, r in ranks.items()}
+  low_id = pad_id + 1 if pad_id + 1 < vocab_size else 0
+
+  def prefix_mask(key, length):
+    lengths = jax.random.randint(key, (b,), math.ceil(min_real_frac * length), length + 1)
+    return jnp.arange(length)[None, :] < lengths[:, None], lengths
+
+  def generate(key):
+    keys = jax.random.split(key, 6)
+    student_mask, student_len = prefix_mask(keys[0], ls)
+    teacher_mask, teacher_len = prefix_mask(keys[1], lt)
+    ids = jnp.where(student_mask, jax.random.randint(keys[2], (b, ls), low_id, vocab_size), pad_id)
+    teacher = jax.random.normal(keys[3], (b, lt, teacher_dim)) * teacher_mask[..., None]
+    batch = {"student_ids": ids.astype(jnp.int32), "student_mask": student_mask.astype(jnp.int32),
+             "teacher_tokens": teacher.astype(teacher_dtype), "teacher_mask": teacher_mask.astype(jnp.int32)}
+    if "student_ot_mask" in ranks:  # content tokens: the first and last real token are special tokens
+      inner = lambda m, n: m & (jnp.arange(m.shape[1])[None] > 0) & (jnp.arange(m.shape[1])[None] < n[:, None] - 1)
+      batch["student_ot_mask"] = inner(student_mask, student_len).astype(jnp.int32)
+      batch["teacher_ot_mask"] = inner(teacher_mask, teacher_len).astype(jnp.int32)
+    if "student_weights" in ranks:
+      batch["student_weights"] = jax.random.uniform(keys[4], (b, ls), minval=0.5, maxval=8.0) * student_mask
+      batch["teacher_weights"] = jax.random.uniform(keys[5], (b, lt), minval=0.5, maxval=8.0) * teacher_mask
+    return batch
+
+  generate = jax.jit(generate, out_shardings=shardings)
+  root = jax.random.key(config.seed + 1)
+  return [generate(jax.random.fold_in(root, i)) for i in range(count)]
+
+
+class TrainStepBench:
+  """The train step of each variant config, jitted with the state/batch shardings, sharing one donated state."""
+
+  def __init__(self, variants: dict[str, ml_collections.ConfigDict], mesh: jax.sharding.Mesh,
+               settings: ml_collections.ConfigDict):
+    base = next(iter(variants.values()))
+    self.config, self.mesh = base, mesh
+    teacher_dim = int(base.teacher.get("dim", 0) or 0)
+    stub = training_data.TrainingData(load_rows=None, num_examples=0, teacher_dim=teacher_dim,
+                                      batch_ranks=_batch_ranks(base), description="bench: synthetic on device")
+    if not teacher_dim:
+      raise UserError("config: teacher.dim must be set for `optical-jax bench` (the teacher token width)")
+    self.model, init_params = training_data.build_student(base, stub)
+    self.encoder_config = self.model.config
+    tx = train_step_lib.make_optimizer(base)
+    self.state, state_shardings = train_step_lib.create_train_state(
+        self.model, tx, base, mesh, jax.random.key(base.seed), init_params=init_params)
+    self.num_parameters = int(sum(x.size for x in jax.tree.leaves(self.state.params)))
+    self.batches = make_batches(base, mesh, pad_id=self.encoder_config.pad_token_id,
+                                vocab_size=self.encoder_config.vocab_size, teacher_dim=teacher_dim,
+                                count=settings.num_batches, min_real_frac=settings.min_real_frac)
+    self.real_tokens_per_batch = float(np.mean([int(jnp.sum(b["student_mask"])) for b in self.batches]))
+    self.steps = {}
+    for name, variant in variants.items():  # variants differ in their loss only: one optimizer, one state layout
+      self.steps[name] = train_step_lib.jit_train_step(self.model, tx, variant, mesh, state_shardings,
+                                                       stub.batch_ranks)
+    self.losses: dict[str, list[float]] = {name: [] for name in variants}
+    self.cpu_s: dict[str, list[float]] = {name: [] for name in variants}          # per step, mean over a block
+    self.page_faults: dict[str, list[float]] = {name: [] for name in variants}
+    self._cursor = 0
+
+  def compile(self, watch: timing.CompileWatch) -> dict[str, dict[str, Any]]:
+    """AOT-lowers and compiles every variant (the jit cache keeps the executables), timing each part."""
+    out = {}
+    with sharding_lib.mesh_context(self.mesh):
+      for name, step in self.steps.items():
+        with watch.measure() as m:
+          compiled = step.lower(self.state, self.batches[0]).compile()
+        out[name] = {"trace_lower_s": m["trace_s"] + m["lower_s"], "xla_compile_s": m["compile_s"],
+                     "wall_s": m["wall_s"], "xla_flops": timing.xla_flops(compiled),
+                     "compiled_memory": timing.compiled_memory(compiled)}
+    return out
+
+  def cache_sizes(self) -> dict[str, int]:
+    return {name: step._cache_size() for name, step in self.steps.items()}  # pylint: disable=protected-access
+
+  def run(self, variant: str, k: int) -> list[float]:
+    """k steps of `variant`, dispatched back to back; returns k per-step durations.
+
+    Step i's metrics are read only after step i+1 is queued (one step late), so the host never stalls the device;
+    a step's duration is the time between the completions of consecutive steps.
+    """
+    step = self.steps[variant]
+    durations, pending = [], None
+    cpu_start, faults_start = timing.process_usage()
+    last = time.perf_counter()
+    with sharding_lib.mesh_context(self.mesh):
+      for _ in range(k):
+        batch = self.batches[self._cursor % len(self.batches)]
+        self._cursor += 1
+        self.state, metrics = step(self.state, batch)
+        if pending is not None:
+          self._read(variant, pending)
+          now = time.perf_counter()
+          durations.append(now - last)
+          last = now
+        pending = metrics
+      self._read(variant, pending)
+      durations.append(time.perf_counter() - last)
+    cpu_end, faults_end = timing.process_usage()
+    self.cpu_s[variant].append((cpu_end - cpu_start) / k)
+    self.page_faults[variant].append((faults_end - faults_start) / k)
+    return durations
+
+  def _read(self, variant: str, metrics: dict[str, jax.Array]) -> None:
+    # One execution's outputs complete together; param_norm depends on the updated parameters.
+    jax.block_until_ready(metrics)
+    self.losses[variant].append(float(metrics["loss"]))
+
+
+def ot_inputs(config: ml_collections.ConfigDict, dim: int, min_real_frac: float, seed: int = 0
+              ) -> dict[str, np.ndarray]:
+  """Random OT-loss inputs at the step's shapes: student/teacher tokens (float32) and prefix masks."""
+  rng = np.random.default_rng(seed)
+  b, ls, lt = config.train.batch_size, config.data.max_len_student, config.data.max_len_teacher
+
+  def mask(length):
+    lengths = rng.integers(math.ceil(min_real_frac * length), length + 1, b)
+    return (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+
+  student_mask, teacher_mask = mask(ls), mask(lt)
+  return {"student_tokens": rng.normal(size=(b, ls, dim)).astype(np.float32), "student_mask": student_mask,
+          "teacher_tokens": (rng.normal(size=(b, lt, dim)) * teacher_mask[..., None]).astype(np.float32),
+          "teacher_mask": teacher_mask}
+
+
+class OtLossBench:
+  """optical_jax's OT alignment loss alone (forward, forward + backward), data-sharded like in the step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, inputs: dict[str, np.ndarray]):
+    ot = config.ot
+
+    def loss(student, student_mask, teacher, teacher_mask):
+      return losses.ot_alignment_loss(
+          student, student_mask, teacher, teacher_mask, epsilon=ot.epsilon, iterations=ot.iterations,
+          grad=ot.grad, relative_epsilon=ot.get("relative_epsilon") or None)[0]
+
+    order = ("student_tokens", "student_mask", "teacher_tokens", "teacher_mask")
+    self.args = tuple(jax.device_put(inputs[k], sharding_lib.data_sharding(mesh, inputs[k].ndim)) for k in order)
+    self.fwd = jax.jit(loss)
+    self.fwd_bwd = jax.jit(jax.value_and_grad(loss))
+    self.mesh = mesh
+
+  def compile(self, watch: timing.CompileWatch) -> dict[str, float]:
+    with watch.measure() as m:
+      self.fwd.lower(*self.args).compile()
+      self.fwd_bwd.lower(*self.args).compile()
+    return {"xla_compile_s": m["compile_s"], "wall_s": m["wall_s"]}
+
+  def loss_value(self) -> float:
+    return float(self.fwd(*self.args))
+
+  def time_fwd(self) -> list[float]:
+    return timing.timed_calls(lambda: self.fwd(*self.args))
+
+  def time_fwd_bwd(self) -> list[float]:
+    return timing.timed_calls(lambda: self.fwd_bwd(*self.args))
+
+  def cache_sizes(self) -> dict[str, int]:
+    return {"ot_fwd": self.fwd._cache_size(), "ot_fwd_bwd": self.fwd_bwd._cache_size()}  # pylint: disable=protected-access

