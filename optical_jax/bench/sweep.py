@@ -1,7 +1,8 @@
 """`optical-jax bench --sweep`: batch size x student length x Sinkhorn iterations; CSV and PNG plots.
 
 For each (batch, student length) one state is shared by the MSE twin and one OT step per iteration count, timed in
-interleaved rounds like the main benchmark. Files go next to the JSON (`<stem>_sweep.csv`,
+interleaved rounds like the main benchmark; a row's OT share is the median over rounds of 1 - t_MSE / t_OT (the
+twins ran back to back), and MFU uses one peak for the whole sweep (on CPU the best GEMM sample). Files go next to the JSON (`<stem>_sweep.csv`,
 `<stem>_throughput_mfu.png`, `<stem>_ot_share.png`), or to ./bench_* without --json.
 """
 from __future__ import annotations

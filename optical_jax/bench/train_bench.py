@@ -49,6 +49,9 @@ def bench_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   if settings.warmup_steps < 0 or settings.num_batches < 1 or settings.max_rounds < 1 or settings.ot_repeats < 1:
     raise UserError("config: bench.warmup_steps must be >= 0 and bench.num_batches, bench.max_rounds, "
                     "bench.ot_repeats >= 1")
+  if settings.loop_repeats < 1 or not settings.torch_threads or min(settings.torch_threads) < 0:
+    raise UserError("config: bench.loop_repeats must be >= 1 and bench.torch_threads a non-empty list of thread "
+                    "counts >= 0 (0 = torch's default)")
   if not 0.0 < settings.min_real_frac <= 1.0:
     raise UserError(f"config: bench.min_real_frac must be in (0, 1], got {settings.min_real_frac}")
   return settings
