@@ -131,10 +131,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
     bar = tqdm.tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
   summary: dict[str, Any] = {"start_step": start, "data": data.description}
-  pending = None  # (step, device metrics, wall time, real tokens): read one step late, never stalling dispatch.
+  pending = None  # (step, device metrics): read one step late, never stalling dispatch.
+  # Step time = wall time between two logged steps (each read waits for its step) / steps between them; the clock
+  # starts after the first step, so compilation is not counted.
+  clock = {"time": time.perf_counter(), "step": start}
   compiles_after_first = 0
   step = start
-  last_time = time.perf_counter()
   saved = start
   try:
     with _StopRequested() as stop, sharding_lib.mesh_context(mesh):
@@ -145,14 +147,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       for step, local_batch in stream.iterate(start) if start < total_steps else ():
         batch = sharding_lib.global_batch(local_batch, mesh)
         state, device_metrics = step_fn(state, batch)
+        done = step + 1
         if step == start:
           cache_size_after_first = step_fn._cache_size()  # pylint: disable=protected-access
-        done = step + 1
+          jax.block_until_ready(device_metrics)
+          clock.update(time=time.perf_counter(), step=done)
         if pending is not None:
-          _log(writer, bar, pending, config, summary)
-        now = time.perf_counter()
-        pending = (done, device_metrics, now - last_time)
-        last_time = now
+          _log(writer, bar, pending, config, summary, clock)
+        pending = (done, device_metrics)
         stop_now = vote(stop.requested, step)  # The same on every process.
         if done % config.train.checkpoint_every == 0 or done == total_steps or stop_now:
           checkpointer.save(done, state, {"step": done, "data_position": done, "seed": config.seed}, force=stop_now)
@@ -165,7 +167,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
         step = done
       compiles_after_first = (step_fn._cache_size() - cache_size_after_first) if step > start else 0  # pylint: disable=protected-access
       if pending is not None:
-        _log(writer, bar, pending, config, summary, force=True)
+        _log(writer, bar, pending, config, summary, clock, force=True)
       checkpointer.wait()  # A failed save on another process surfaces here, inside the except below.
   except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() > 1:
@@ -180,17 +182,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   return summary
 
 
-def _log(writer, bar, pending, config, summary, force: bool = False) -> None:
-  step, device_metrics, seconds = pending
+def _log(writer, bar, pending, config, summary, clock, force: bool = False) -> None:
+  step, device_metrics = pending
   if bar is not None:
     bar.update(step - bar.n)
   if step % config.train.log_every and not force and step != config.train.steps:
     return
   values = {k: float(np.asarray(v)) for k, v in jax.device_get(device_metrics).items()}
+  now = time.perf_counter()
+  seconds = (now - clock["time"]) / (step - clock["step"]) if step > clock["step"] else float("nan")
+  clock.update(time=now, step=step)
   tokens = values.pop("real_tokens")
   values["step_time_s"] = seconds
-  values["real_tokens_per_s"] = tokens / seconds if seconds > 0 else float("nan")
-  values["sequences_per_s"] = config.train.batch_size / seconds if seconds > 0 else float("nan")
+  values["real_tokens_per_s"] = tokens / seconds  # tokens of the logged step, at the interval's mean step time
+  values["sequences_per_s"] = config.train.batch_size / seconds
   writer.write(step, values)
   summary["loss"] = values["loss"]
   summary.setdefault("first_logged_loss", values["loss"])
