@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       relative_epsilon="",        # "" = absolute epsilon; "std" | "mean" = epsilon x that statistic of each C
       grad="envelope",
       marginals="uniform",        # "uniform" | "idf" (BM25 IDF over the training bitext, each side)
+      idf_power=1.0,              # idf marginals: weight = IDF ** idf_power
       tokens="content",           # "all" | "content" (no <s>, prefix pieces, </s>)
   ))
 

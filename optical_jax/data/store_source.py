@@ -108,8 +108,10 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
   weights = {}
   if marginals == "idf":
     # IDF over the training bitext, each side in its own vocabulary; the loss renormalises over the OT tokens.
-    weights = {"student_weights": idf_weights(student_ids, student_mask),
-               "teacher_weights": idf_weights(teacher_ids, teacher_id_mask)}
+    # ot.idf_power sharpens (> 1) or flattens (< 1) the weighting; 1 is plain IDF.
+    power = float(config.ot.get("idf_power", 1.0))
+    weights = {"student_weights": idf_weights(student_ids, student_mask) ** power,
+               "teacher_weights": idf_weights(teacher_ids, teacher_id_mask) ** power}
 
   def load_rows(indices: np.ndarray) -> dict[str, np.ndarray]:
     tokens, mask = store.lookup_batch(store_rows[indices])
