@@ -19,6 +19,18 @@ OT_MARGINALS = ("uniform", "idf")
 DTYPES = ("float32", "bfloat16")
 MODEL_TYPES = ("bert", "xlm-roberta")
 
+# Keys a config file may leave out: `load_config` fills them in (so `--config.KEY=...` overrides work on every
+# config) and the code reads them with the same defaults. Only added where the parent section exists.
+OPTIONAL_DEFAULTS = {
+    "ot.relative_epsilon": "",      # "" = absolute epsilon; "std" | "mean" = epsilon x that statistic of each C
+    "ot.lse_mode": True,            # False = kernel-domain Sinkhorn (faster; see losses.ot_alignment_loss)
+    "ot.tau_student": 1.0,          # unbalanced OT: 1 = balanced student marginal
+    "ot.tau_teacher": 1.0,          # unbalanced OT: 1 = balanced teacher marginal
+    "ot.tokens": "all",             # "all" | "content" (no special / prefix tokens in the OT problem)
+    "ot.idf_power": 1.0,            # ot.marginals="idf": weight = IDF ** idf_power
+    "train.stop_vote_every": 1,     # multi-host: steps between the all-process stop votes (SIGTERM, lost peer)
+}
+
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:ARG]` by calling its `get_config(ARG)`."""
@@ -76,8 +88,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
   return config
 
 
+def fill_optional_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  for dotted, default in OPTIONAL_DEFAULTS.items():
+    section, _, leaf = dotted.rpartition(".")
+    node = config.get(section)
+    if isinstance(node, ml_collections.ConfigDict) and leaf not in node:
+      node[leaf] = default
+  return config
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  config = load_config_file(spec)
+  config = fill_optional_defaults(load_config_file(spec))
   config = apply_overrides(config, overrides)
   validate(config)
   return config
@@ -114,6 +135,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise UserError(f"config: ot.iterations must be >= 1, got {config.ot.iterations}")
   if config.get("ot") and config.ot.get("relative_epsilon") not in (None, "", "std", "mean"):
     raise UserError(f"config: ot.relative_epsilon must be '', 'std' or 'mean', got {config.ot.relative_epsilon!r}")
+  for key in ("tau_student", "tau_teacher"):
+    if not 0.0 < float(config.ot.get(key, 1.0)) <= 1.0:
+      raise UserError(f"config: ot.{key} must be in (0, 1] (1 = balanced), got {config.ot[key]}")
+  if not config.ot.get("lse_mode", True) and config.ot.grad == "implicit":
+    raise UserError("config: ot.lse_mode=False (kernel-domain Sinkhorn) needs ot.grad 'envelope' or 'unroll'")
   if config.student.get("dtype", "float32") not in DTYPES:
     raise UserError(f"config: student.dtype must be one of {DTYPES}, got {config.student.dtype!r}")
   if config.student.init == "random" and config.student.get("model_type", "bert") not in MODEL_TYPES:
@@ -129,6 +155,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key in ("max_len_student", "max_len_teacher"):
     if config.data[key] < 2:
       raise UserError(f"config: data.{key} must be >= 2, got {config.data[key]}")
+  _validate_length_buckets(config)
   if num_devices is not None:
     from optical_jax import sharding  # Late: importing jax here would fix XLA flags too early for the CLI.
     shape = sharding.mesh_shape(config.mesh, num_devices)
@@ -137,6 +164,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       raise UserError(
           f"config: train.batch_size={config.train.batch_size} is not divisible by the batch shards "
           f"mesh.data*mesh.fsdp={batch_shards}")
+
+
+def _validate_length_buckets(config: ml_collections.ConfigDict) -> None:
+  """data.length_buckets: empty (off) or increasing positive ints ending at data.max_len_student."""
+  buckets = config.data.get("length_buckets") or ()
+  max_len = config.data.max_len_student
+  ok = (isinstance(buckets, (tuple, list)) and all(type(b) is int and b > 0 for b in buckets)
+        and all(a < b for a, b in zip(buckets, buckets[1:])))
+  if not ok:
+    raise UserError(f"config: data.length_buckets must be increasing positive ints, e.g. (16, 32, {max_len}), "
+                    f"got {buckets!r}")
+  if buckets and buckets[-1] != max_len:
+    raise UserError(f"config: data.length_buckets must end at data.max_len_student={max_len}, got {tuple(buckets)}")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -1,7 +1,7 @@
 """Distillation losses: OPTICAL's optimal-transport token alignment and the sentence-level MSE baseline.
 
 `ot_alignment_loss` aligns the student's token embeddings of a low-resource sentence with the teacher's token
-embeddings of its English translation. Per example it solves a balanced entropic OT problem with OTT-JAX,
+embeddings of its English translation. Per example it solves an entropic OT problem with OTT-JAX (balanced by default),
 
   P* = argmin_{P in U(a, b)} <P, C> - eps H(P),   C_ij = 1 - cos(student_i, teacher_j),
 
@@ -16,6 +16,7 @@ eps=0.05 gives a near-uniform plan (research/proto2.md). `relative_epsilon="std"
 Padding is exact in every gradient mode: it changes neither the loss nor real-token gradients, and padded token
 vectors get exactly zero gradient.
 """
+import functools
 from typing import Any
 
 import jax
@@ -114,11 +115,61 @@ def _cost_scale(cost: Array, pair_mask: Array, mode: str) -> Array:
   return jnp.sqrt(var)
 
 
-def _sinkhorn_plan(cost: Array, a: Array, b: Array, epsilon: Array, *, iterations: int, threshold: float | None,
-                   grad: str) -> Array:
-  """Entropic OT plan of one example with OTT-JAX (log domain). Differentiable by unrolling or implicitly."""
-  geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
-  problem = linear_problem.LinearProblem(geom, a=a, b=b)
+@jax.tree_util.register_pytree_node_class
+class _FixedKernelGeometry(geometry.Geometry):
+  """A fixed-epsilon Geometry whose kernel exp(-C/eps) is computed once per solve.
+
+  OTT's Geometry recomputes the kernel from the cost on every `kernel_matrix` access and raises it to the power
+  eps_0/eps_t (for epsilon schedules) in every `apply_kernel`: an exp and a pow per entry per Sinkhorn half-step, which
+  made kernel-mode Sinkhorn as slow as the log domain. With one fixed epsilon both are the identity, so this geometry
+  keeps the kernel it was given and applies it as a plain matrix-vector product.
+  """
+
+  @property
+  def kernel_matrix(self) -> Array:
+    return self._kernel_matrix
+
+  def apply_kernel(self, vec: Array, eps: float | None = None, axis: int = 0) -> Array:
+    del eps  # fixed epsilon: the kernel never needs rescaling
+    kernel = self._kernel_matrix if axis == 1 else self._kernel_matrix.T
+    return jnp.dot(kernel, vec)
+
+
+def _kernel_geometry(cost: Array, pair_mask: Array, epsilon: Array) -> geometry.Geometry:
+  """Kernel-domain geometry of one example, with the cost shifted so that no real row or column underflows.
+
+  Subtracting a constant from a row or a column of C rescales the Sinkhorn scalings and leaves the balanced plan
+  unchanged; after removing each row's and then each column's minimum over real pairs, every real row and column has
+  a kernel entry of exactly 1, so exp(-C/eps) cannot be 0 across a whole row or column. Entries touching a pad are 0.
+  """
+  masked = jnp.where(pair_mask, cost, jnp.inf)
+  shifted = cost - jnp.where(jnp.any(pair_mask, axis=1, keepdims=True), jnp.min(masked, axis=1, keepdims=True), 0.0)
+  masked = jnp.where(pair_mask, shifted, jnp.inf)
+  shifted = shifted - jnp.where(jnp.any(pair_mask, axis=0, keepdims=True), jnp.min(masked, axis=0, keepdims=True), 0.0)
+  kernel = jnp.where(pair_mask, jnp.exp(-shifted / epsilon), 0.0)
+  return _FixedKernelGeometry(cost_matrix=shifted, kernel_matrix=kernel, epsilon=epsilon)
+
+
+def _unshifted_kernel_geometry(cost: Array, pair_mask: Array, epsilon: Array) -> geometry.Geometry:
+  # An unbalanced plan depends on cost shifts (they change how much mass is worth transporting): no shift here.
+  kernel = jnp.where(pair_mask, jnp.exp(-cost / epsilon), 0.0)
+  return _FixedKernelGeometry(cost_matrix=cost, kernel_matrix=kernel, epsilon=epsilon)
+
+
+def _sinkhorn_plan(cost: Array, pair_mask: Array, a: Array, b: Array, epsilon: Array, *, iterations: int,
+                   threshold: float | None, grad: str, lse_mode: bool, tau_a: float, tau_b: float) -> Array:
+  """Entropic OT plan of one example with OTT-JAX. Differentiable by unrolling or implicitly.
+
+  lse_mode=True runs the log-domain updates (an exp per cost entry per half-step; safe for any epsilon);
+  lse_mode=False runs the kernel (scaling) updates on a kernel computed once: matrix-vector products only.
+  """
+  if lse_mode:
+    geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
+  elif tau_a == 1.0 and tau_b == 1.0:
+    geom = _kernel_geometry(cost, pair_mask, epsilon)
+  else:
+    geom = _unshifted_kernel_geometry(cost, pair_mask, epsilon)
+  problem = linear_problem.LinearProblem(geom, a=a, b=b, tau_a=tau_a, tau_b=tau_b)
   block = max(d for d in range(1, 11) if iterations % d == 0)
   if threshold is None:
     # min == max iterations makes OTT run a fixed-length scan: no data-dependent stopping under vmap. Unrolled
@@ -132,7 +183,7 @@ def _sinkhorn_plan(cost: Array, a: Array, b: Array, epsilon: Array, *, iteration
     # The convergence check runs every `inner_iterations`; OTT needs the block size to divide max_iterations.
     min_iterations, inner_iterations = 0, block
   solver = sinkhorn.Sinkhorn(
-      lse_mode=True,
+      lse_mode=lse_mode,
       threshold=threshold,
       min_iterations=min_iterations,
       max_iterations=iterations,
@@ -194,6 +245,9 @@ def ot_alignment_loss(
     student_weights: Array | None = None,
     teacher_weights: Array | None = None,
     threshold: float | None = None,
+    lse_mode: bool = True,
+    tau_student: float = 1.0,
+    tau_teacher: float = 1.0,
 ) -> tuple[Array, dict[str, Array]]:
   """OPTICAL token-alignment loss: mean over the batch of <P*, C> over real tokens.
 
@@ -214,6 +268,13 @@ def ot_alignment_loss(
     teacher_weights: optional [B, Lt] likewise. Weights are constants: no gradient flows into them.
     threshold: None for exactly `iterations` iterations; a float to stop early once OTT's marginal error falls
       below it (a while loop: under vmap it runs until the slowest example converges).
+    lse_mode: True for log-domain Sinkhorn (stable for any epsilon); False for kernel-domain (scaling) Sinkhorn on a
+      kernel computed once per solve, several times faster on CPU. The kernel domain needs exp(-range/eps) to stay
+      above float32's smallest normal (~1e-38), i.e. (cost spread within a row or column) / eps below ~80: cosine
+      costs span at most 2, so eps >= 0.025 is always safe. Not with grad="implicit".
+    tau_student, tau_teacher: OTT's unbalanced-OT weights of the student (row) and teacher (column) marginals:
+      1 = balanced (the marginal is a hard constraint), tau = rho / (rho + eps) < 1 relaxes it to a KL penalty of
+      weight rho, so e.g. English function words without a counterpart need not receive their full mass.
 
   Returns:
     (loss, aux). aux holds batch means of "ot_cost" (<P, C>, no gradient), "marginal_error" (L1 error of the plan's
@@ -229,6 +290,12 @@ def ot_alignment_loss(
     raise UserError(f"ot.iterations must be a positive integer, got {iterations!r}")
   if isinstance(epsilon, (int, float)) and not epsilon > 0:
     raise UserError(f"ot.epsilon must be > 0, got {epsilon!r}")
+  for name, tau in (("ot.tau_student", tau_student), ("ot.tau_teacher", tau_teacher)):
+    if not 0.0 < tau <= 1.0:
+      raise UserError(f"{name} must be in (0, 1] (1 = balanced), got {tau!r}")
+  if not lse_mode and grad == "implicit":
+    raise UserError("ot.lse_mode=False (kernel-domain Sinkhorn) supports ot.grad 'envelope' and 'unroll', not "
+                    "'implicit'")
   student_tokens, teacher_tokens = jnp.asarray(student_tokens), jnp.asarray(teacher_tokens)
   student_mask, teacher_mask = _bool_mask(student_mask), _bool_mask(teacher_mask)
   _check_tokens(student_tokens, student_mask, teacher_tokens, teacher_mask)
@@ -262,8 +329,9 @@ def ot_alignment_loss(
     solver_a, solver_b = a, b
     solver_cost = jax.lax.stop_gradient(cost) if grad == "envelope" else cost
 
-  solve = lambda c, sa, sb, e: _sinkhorn_plan(c, sa, sb, e, iterations=iterations, threshold=threshold, grad=grad)
-  plan = jax.vmap(solve)(solver_cost, solver_a, solver_b, eps)
+  solve = functools.partial(_sinkhorn_plan, iterations=iterations, threshold=threshold, grad=grad,
+                            lse_mode=lse_mode, tau_a=float(tau_student), tau_b=float(tau_teacher))
+  plan = jax.vmap(solve)(solver_cost, pair_mask, solver_a, solver_b, eps)
   # Envelope: plan is a constant here (its cost input was stop-gradient), so d loss / d C = P*.
   per_example = jnp.sum(jnp.where(pair_mask, plan * cost, 0.0), axis=(1, 2))
 
@@ -274,6 +342,19 @@ def ot_alignment_loss(
   aux = {name: batch_mean(value) for name, value in stats.items()}
   aux["epsilon"] = batch_mean(eps)
   return loss, aux
+
+
+def ot_options(ot_config: Any) -> dict[str, Any]:
+  """The keyword arguments of `ot_alignment_loss` from a config's `ot` section (missing keys: the defaults)."""
+  return {
+      "epsilon": ot_config.epsilon,
+      "iterations": ot_config.iterations,
+      "grad": ot_config.get("grad", "envelope"),
+      "relative_epsilon": ot_config.get("relative_epsilon") or None,
+      "lse_mode": bool(ot_config.get("lse_mode", True)),
+      "tau_student": float(ot_config.get("tau_student", 1.0)),
+      "tau_teacher": float(ot_config.get("tau_teacher", 1.0)),
+  }
 
 
 def masked_mean_pool(tokens: Array, mask: Array) -> Array:

@@ -79,9 +79,7 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
   ot_weight = float(weights.get("ot_weight", 1.0))
   if ot_weight:
     ot_loss, ot_aux = losses.ot_alignment_loss(
-        student, student_ot_mask, teacher, teacher_ot_mask,
-        epsilon=ot_config.epsilon, iterations=ot_config.iterations, grad=ot_config.grad,
-        relative_epsilon=ot_config.get("relative_epsilon") or None,
+        student, student_ot_mask, teacher, teacher_ot_mask, **losses.ot_options(ot_config),
         student_weights=batch.get("student_weights"), teacher_weights=batch.get("teacher_weights"))
     total = total + ot_weight * ot_loss
     metrics.update({f"ot/{k}": v for k, v in ot_aux.items()})

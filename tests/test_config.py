@@ -31,6 +31,16 @@ def test_bad_override_names_the_field(override, field):
     config_lib.load_config(TINY, [override])
 
 
+def test_optional_keys_get_defaults_and_take_overrides():
+  config = config_lib.load_config(TINY, ["ot.tau_teacher=0.5", "ot.lse_mode=False", "train.stop_vote_every=4"])
+  assert config.ot.tau_teacher == 0.5 and config.ot.tau_student == 1.0 and config.ot.lse_mode is False
+  assert config.train.stop_vote_every == 4
+  with pytest.raises(UserError, match="ot.tau_teacher"):
+    config_lib.load_config(TINY, ["ot.tau_teacher=0"])
+  with pytest.raises(UserError, match="lse_mode"):
+    config_lib.load_config(TINY, ["ot.lse_mode=False", "ot.grad=implicit"])
+
+
 def test_batch_not_divisible_by_data_shards():
   config = config_lib.load_config(TINY, ["train.batch_size=12", "mesh.data=8"])
   with pytest.raises(UserError, match="batch_size=12"):

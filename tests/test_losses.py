@@ -161,8 +161,9 @@ def test_cosine_cost_matches_numpy_and_zeroes_pads():
   np.testing.assert_allclose(np.asarray(unbatched), cost[0], atol=1e-7)
 
 
+@pytest.mark.parametrize("lse_mode", [True, False], ids=["log", "kernel"])
 @pytest.mark.parametrize("relative, epsilon, weighted", [(None, 0.1, False), ("std", 0.5, True), ("mean", 0.1, False)])
-def test_loss_and_envelope_grad_match_numpy_and_pot(relative, epsilon, weighted):
+def test_loss_and_envelope_grad_match_numpy_and_pot(relative, epsilon, weighted, lse_mode):
   s, sm, t, tm = make_batch(2, student_lengths=[5, 2, 4], teacher_lengths=[3, 6, 6], ls=5, lt=6)
   rng = np.random.default_rng(3)
   # Pads get weights too: they must be ignored.
@@ -170,7 +171,8 @@ def test_loss_and_envelope_grad_match_numpy_and_pot(relative, epsilon, weighted)
   tw = rng.uniform(0.5, 3.0, size=tm.shape).astype(np.float32) if weighted else None
   f = jit(jax.value_and_grad(
       lambda s: losses.ot_alignment_loss(s, sm, t, tm, epsilon=epsilon, iterations=ITERATIONS,
-                                         relative_epsilon=relative, student_weights=sw, teacher_weights=tw),
+                                         relative_epsilon=relative, student_weights=sw, teacher_weights=tw,
+                                         lse_mode=lse_mode),
       has_aux=True))
   (loss, aux), grad = f(s)
   ref = np_batch_reference(s, sm, t, tm, epsilon=epsilon, relative=relative, sw=sw, tw=tw)
@@ -223,6 +225,70 @@ def test_padding_invariance_and_reference_gradients(grad):
   np.testing.assert_allclose(base["loss"], ref["loss"], atol=1e-5)
   expected = ref["env_grad"] if grad == "envelope" else ref["fd_grad"]
   np.testing.assert_allclose(base["gs"], expected, atol=1e-5)
+
+
+def _loss_and_grads(args, *, epsilon, iterations, grad="envelope", lse_mode=True):
+  f = jit(jax.value_and_grad(
+      lambda s, sm, t, tm: losses.ot_alignment_loss(s, sm, t, tm, epsilon=epsilon, iterations=iterations, grad=grad,
+                                                    lse_mode=lse_mode)[0], argnums=(0, 2)))
+  loss, (gs, gt) = f(*args)
+  return float(loss), np.asarray(gs), np.asarray(gt)
+
+
+@pytest.mark.parametrize("grad", ["envelope", "unroll"])
+def test_kernel_domain_matches_log_domain_with_padding(grad):
+  batch = make_batch(0, **MIXED)
+  padded = extra_padding(*batch, seed=1)
+  log_loss, log_gs, log_gt = _loss_and_grads(batch, epsilon=0.05, iterations=ITERATIONS, grad=grad)
+  for args in (batch, padded):
+    loss, gs, gt = _loss_and_grads(args, epsilon=0.05, iterations=ITERATIONS, grad=grad, lse_mode=False)
+    assert np.isfinite(loss) and np.all(np.isfinite(gs)) and np.all(np.isfinite(gt))
+    np.testing.assert_allclose(loss, log_loss, atol=1e-5)
+    np.testing.assert_allclose(gs[:, :log_gs.shape[1]], log_gs, atol=1e-5)
+    np.testing.assert_allclose(gt[:, :log_gt.shape[1]], log_gt, atol=1e-5)
+    assert np.all(gs[:, log_gs.shape[1]:] == 0) and np.all(gt[:, log_gt.shape[1]:] == 0)
+
+
+def test_kernel_domain_survives_a_row_far_from_every_teacher_token():
+  """A student token opposite to all teacher tokens: exp(-C/eps) of its whole row is < 1e-60 before the shift.
+
+  The row and column shifts keep a kernel entry of 1 in every row and column, so the kernel-domain plan stays finite
+  and converges to the log-domain one (their trajectories differ: the row shift acts as a warm start).
+  """
+  s, sm, t, tm = make_batch(5, student_lengths=[4, 3], teacher_lengths=[5, 5], ls=4, lt=5)
+  t[0, :5] = np.abs(t[0, :5])
+  s[0, 1] = -np.abs(t[0, :5]).mean(0)
+  s[0, 2] = -np.abs(t[0, :5]).mean(0) + 0.1
+  assert np.all(np_cost(s[0, 1:3], t[0, :5]) > 1.4)
+  eps, iterations = 0.01, 2000
+  log_loss, log_gs, _ = _loss_and_grads((s, sm, t, tm), epsilon=eps, iterations=iterations)
+  loss, gs, _ = _loss_and_grads((s, sm, t, tm), epsilon=eps, iterations=iterations, lse_mode=False)
+  assert np.isfinite(loss) and np.all(np.isfinite(gs))
+  np.testing.assert_allclose(loss, log_loss, atol=1e-5)
+  np.testing.assert_allclose(gs, log_gs, atol=1e-5)
+
+
+@pytest.mark.parametrize("lse_mode", [True, False], ids=["log", "kernel"])
+@pytest.mark.parametrize("tau_student, tau_teacher", [(1.0, 0.5), (0.8, 0.3)])
+@pytest.mark.filterwarnings("ignore:If reg_type = entropy")
+def test_unbalanced_plan_matches_pot(tau_student, tau_teacher, lse_mode):
+  """Unbalanced OT (tau < 1) against POT's sinkhorn_unbalanced on each unpadded problem, same eps."""
+  s, sm, t, tm = make_batch(4, student_lengths=[5, 3], teacher_lengths=[6, 4], ls=5, lt=6)
+  eps, iterations = 0.1, 300
+  loss, aux = jit(lambda s: losses.ot_alignment_loss(
+      s, sm, t, tm, epsilon=eps, iterations=iterations, lse_mode=lse_mode, tau_student=tau_student,
+      tau_teacher=tau_teacher))(s)
+  rho = lambda tau: float("inf") if tau == 1.0 else eps * tau / (1.0 - tau)
+  expected = []
+  for i in range(len(s)):
+    cost = np_cost(s[i][sm[i]].astype(np.float64), t[i][tm[i]].astype(np.float64))
+    a, b = np_marginal(None, sm[i]), np_marginal(None, tm[i])
+    plan = ot.unbalanced.sinkhorn_unbalanced(a, b, cost, eps, (rho(tau_student), rho(tau_teacher)),
+                                             reg_type="entropy", numItermax=iterations, stopThr=0)
+    expected.append(np.sum(plan * cost))
+  np.testing.assert_allclose(float(loss), np.mean(expected), atol=1e-5)
+  # A relaxed teacher marginal is not met: the plan's column sums differ from b.
+  assert aux["marginal_error"] > 1e-3
 
 
 def test_implicit_and_unroll_gradients_agree_and_differ_from_envelope():
@@ -315,5 +381,9 @@ def test_user_errors():
     losses.ot_alignment_loss(s, sm, t, tm, epsilon=0.0, iterations=5)
   with pytest.raises(UserError, match="ot.iterations"):
     losses.ot_alignment_loss(s, sm, t, tm, epsilon=0.1, iterations=0)
+  with pytest.raises(UserError, match="tau_teacher"):
+    losses.ot_alignment_loss(s, sm, t, tm, epsilon=0.1, iterations=5, tau_teacher=0.0)
+  with pytest.raises(UserError, match="implicit"):
+    losses.ot_alignment_loss(s, sm, t, tm, epsilon=0.1, iterations=5, lse_mode=False, grad="implicit")
   with pytest.raises(UserError, match="projection_dim"):
     losses.ot_alignment_loss(s, sm, t[..., :4], tm, epsilon=0.1, iterations=5)

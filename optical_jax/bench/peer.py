@@ -55,6 +55,8 @@ def reference_config(ref, config: ml_collections.ConfigDict, encoder_config, min
       (config.ot.get("marginals", "uniform") == "uniform", "IDF marginals (the reference uses uniform ones)"),
       (config.ot.get("tokens", "all") == "all", "content-token OT masks (the reference aligns all real tokens)"),
       (s.get("dtype", "float32") == "float32", f"student.dtype={s.get('dtype')} (the reference runs float32)"),
+      (float(config.ot.get("tau_student", 1.0)) == 1.0 and float(config.ot.get("tau_teacher", 1.0)) == 1.0,
+       "unbalanced OT (the reference solves the balanced problem)"),
       (not encoder_config.normalize, "L2-normalised head output (the reference has none)"),
       (not float((config.get("loss") or {}).get("mse_weight", 0.0)), "an MSE term (the reference has OT only)"),
   ]
