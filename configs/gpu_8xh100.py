@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       strict=False,
       max_len_student=64,
       max_len_teacher=64,
+      length_buckets=(),          # e.g. (16, 32, 48, 64): pad each batch to the smallest that fits; () = to max
       num_examples=4096,          # synthetic only: 4 global batches (f32 teacher tokens: 0.8 GB RAM)
   ))
 

@@ -49,6 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       strict=False,
       max_len_student=48 if text else 16,
       max_len_teacher=48 if text else 24,
+      # Pad each global batch to the smallest of these student lengths that fits it (teacher: scaled to
+      # max_len_teacher), one compile each; () = always to max_len_*. Synthetic lengths are uniform up to the max, so
+      # a batch of 32 nearly always needs the max: buckets only pay off on real text.
+      length_buckets=(16, 32, 48) if text else (),
       num_examples=2048,          # synthetic only
   ))
 

@@ -82,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       strict=False,
       max_len_student=64,
       max_len_teacher=64,
+      length_buckets=(),          # e.g. (16, 32, 48, 64): pad each batch to the smallest that fits; () = to max
       num_examples=8192,          # synthetic only: 4 global batches (f32 teacher tokens: 1.6 GB RAM)
   ))
 

@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       strict=False,
       max_len_student=64,
       max_len_teacher=64,
+      length_buckets=(),          # e.g. (16, 32, 48, 64): pad each batch to the smallest that fits; () = to max
       num_examples=16384,         # synthetic only: one global batch (its f32 teacher tokens: 3.2 GB RAM)
   ))
 

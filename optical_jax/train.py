@@ -121,7 +121,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
 
   total_steps = config.train.steps
   rows = sharding_lib.process_batch_slice(config.train.batch_size, mesh)
-  stream = pipeline.BatchStream(data.load_rows, data.num_examples, config.train.batch_size, config.seed, rows)
+  buckets = pipeline.LengthBuckets.from_config(config.data, data.student_lengths, data.teacher_lengths)
+  if buckets is not None:
+    log.info("length buckets: student %s, teacher %s (one compile each)", buckets.student, buckets.teacher)
+  stream = pipeline.BatchStream(data.load_rows, data.num_examples, config.train.batch_size, config.seed, rows,
+                                buckets=buckets)
   step_fn = train_step_lib.jit_train_step(model, tx, config, mesh, state_shardings, data.batch_ranks)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_lead)
   show_progress = metrics_lib.progress_enabled() if progress is None else progress
@@ -133,9 +137,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   summary: dict[str, Any] = {"start_step": start, "data": data.description}
   pending = None  # (step, device metrics): read one step late, never stalling dispatch.
   # Step time = wall time between two logged steps (each read waits for its step) / steps between them; the clock
-  # starts after the first step, so compilation is not counted.
+  # starts after the first step, and a later step that compiles a new length bucket is left out of its interval, so
+  # compilation is not counted.
   clock = {"time": time.perf_counter(), "step": start}
   compiles_after_first = 0
+  shapes: list[tuple[int, int]] = []  # (student, teacher) batch lengths in the order first seen: one compile each
   step = start
   saved = start
   try:
@@ -145,13 +151,31 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       if start >= total_steps:
         log.info("already trained to step %d (train.steps=%d)", start, total_steps)
       for step, local_batch in stream.iterate(start) if start < total_steps else ():
+        shape = (local_batch["student_ids"].shape[1], local_batch["teacher_tokens"].shape[1])
+        new_shape = shape not in shapes
+        if new_shape:
+          shapes.append(shape)
+          if buckets is not None:
+            log.info("compiling the train step for length bucket %d (teacher %d) at step %d", *shape, step)
+          if pending is not None:
+            # Close the interval so far first (its steps all finish before the compile starts), so that the
+            # compile's wall time can be left out of the step time exactly.
+            _log(writer, bar, pending, config, summary, clock)
+            jax.block_until_ready(pending[1])
+            pending = None
+          compile_start = time.perf_counter()
         batch = sharding_lib.global_batch(local_batch, mesh)
         state, device_metrics = step_fn(state, batch)
         done = step + 1
         if step == start:
           cache_size_after_first = step_fn._cache_size()  # pylint: disable=protected-access
+        if new_shape:
           jax.block_until_ready(device_metrics)
-          clock.update(time=time.perf_counter(), step=done)
+          now = time.perf_counter()
+          if step == start:
+            clock.update(time=now, step=done)
+          else:  # Drop this step from the current interval: its time and its count.
+            clock.update(time=clock["time"] + (now - compile_start), step=clock["step"] + 1)
         if pending is not None:
           _log(writer, bar, pending, config, summary, clock)
         pending = (done, device_metrics)
@@ -165,7 +189,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
           step = done
           break
         step = done
-      compiles_after_first = (step_fn._cache_size() - cache_size_after_first) if step > start else 0  # pylint: disable=protected-access
+      if step > start:  # Compiles beyond the one each new length bucket needs.
+        cache_growth = step_fn._cache_size() - cache_size_after_first  # pylint: disable=protected-access
+        compiles_after_first = cache_growth - (len(shapes) - 1)
       if pending is not None:
         _log(writer, bar, pending, config, summary, clock, force=True)
       checkpointer.wait()  # A failed save on another process surfaces here, inside the except below.
@@ -178,7 +204,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
     writer.close()
     if bar is not None:
       bar.close()
-  summary.update({"final_step": step, "recompilations_after_first_step": compiles_after_first})
+  summary.update({"final_step": step, "recompilations_after_first_step": compiles_after_first,
+                  "batch_lengths_compiled": [list(s) for s in shapes]})
   return summary
 
 

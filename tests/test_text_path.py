@@ -52,6 +52,9 @@ def test_precompute_then_train(bitext, store_workdir):
   assert proc.returncode == 0, proc.stderr
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["final_step"] == 6 and summary["recompilations_after_first_step"] == 0
+  # configs/tiny.py:text pads to length buckets (16, 32, 48) on both sides (max lengths 48 / 48).
+  assert summary["batch_lengths_compiled"] and all(
+      s in ([16, 16], [32, 32], [48, 48]) for s in summary["batch_lengths_compiled"]), summary
 
 
 def test_store_built_for_another_length_is_refused(bitext, store_workdir):

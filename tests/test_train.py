@@ -106,3 +106,26 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, how):
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+
+def test_length_buckets_compile_once_each_and_log_it(tmp_path, caplog):
+  """In process: with data.length_buckets=(14, 16), steps 8, 10, 11 and 13 of this seed fit bucket 14 (teacher 21).
+
+  One compile per bucket, each announced; the step time leaves the mid-run compile out. (That a cut batch gives the
+  loss of the full one is tests/test_train_step.py's; that it holds the same rows, tests/data/test_pipeline.py's.)
+  """
+  import logging
+  from optical_jax import config as config_lib
+  from optical_jax import train
+  config = config_lib.load_config("configs/tiny.py", [
+      "train.steps=12", "train.log_every=4", "train.checkpoint_every=12", "train.batch_size=8",
+      "data.num_examples=256", "data.length_buckets=(14, 16)"])
+  with caplog.at_level(logging.INFO, logger="optical_jax"):
+    summary = train.train(config, str(tmp_path), progress=False)
+  assert summary["batch_lengths_compiled"] == [[16, 24], [14, 21]]
+  assert summary["recompilations_after_first_step"] == 0
+  assert "compiling the train step for length bucket 14 (teacher 21) at step 8" in caplog.text
+  rows = _metrics(tmp_path)
+  assert [r["step"] for r in rows] == [4, 8, 12]
+  assert all(np.isfinite(r["step_time_s"]) and 0 < r["step_time_s"] < 1 and np.isfinite(r["loss"]) for r in rows)

@@ -8,7 +8,7 @@ import pytest
 from optical_jax import config as config_lib
 from optical_jax import sharding
 from optical_jax import train_step as ts
-from optical_jax.data import synthetic, training_data
+from optical_jax.data import pipeline, synthetic, training_data
 
 
 def _setup(mesh_shape, devices=None, overrides=()):
@@ -82,3 +82,29 @@ def test_frozen_word_embeddings_do_not_move():
   moved = {jax.tree_util.keystr(k): not np.array_equal(flat_b[k], flat_a[k]) for k in flat_b}
   assert not any(v for k, v in moved.items() if "word_embeddings" in k)
   assert any(v for k, v in moved.items() if "word_embeddings" not in k)
+
+
+def test_length_bucket_cut_leaves_loss_and_update_unchanged():
+  """Padding is exact: the step on a batch cut to its length bucket equals the step at full padding (OT with a
+  relative epsilon, whose cost statistics must skip pads, plus the MSE term's mean pooling)."""
+  config, mesh, data, state, _, step = _setup(
+      (1, 1, 1), jax.devices()[:1], ["data.num_examples=256", "train.batch_size=8", "loss.mse_weight=1.0",
+                                     "ot.relative_epsilon=std", "ot.iterations=10", "student.num_layers=1"])
+  ls, lt = 8, pipeline.teacher_buckets((8, 16), 16, 24)[0]  # the smaller of buckets (8, 16): teacher 12 of 24
+  fits = (data.student_lengths <= ls) & (data.teacher_lengths <= lt)
+  idx = np.flatnonzero(fits)[:config.train.batch_size]
+  assert idx.size == config.train.batch_size and lt == 12
+  full = data.load_rows(idx)
+  cut = pipeline.trim_batch(full, ls, lt)
+  assert cut["student_ids"].shape == (8, ls) and cut["teacher_tokens"].shape[1] == lt < full["teacher_tokens"].shape[1]
+  twin = jax.tree.map(jnp.copy, state)  # the step donates its state
+  with sharding.mesh_context(mesh):
+    full_state, full_metrics = step(state, sharding.global_batch(full, mesh))
+    cut_state, cut_metrics = step(twin, sharding.global_batch(cut, mesh))
+  assert step._cache_size() == 2  # one compile per shape
+  full_metrics, cut_metrics = jax.device_get((full_metrics, cut_metrics))
+  assert set(full_metrics) == set(cut_metrics)
+  for key in full_metrics:
+    np.testing.assert_allclose(cut_metrics[key], full_metrics[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               jax.device_get(cut_state.params), jax.device_get(full_state.params))

@@ -4,14 +4,26 @@ Grain's MapDataset gives random access to a seeded, per-epoch reshuffled stream 
 position saved in a checkpoint is just the step; a resumed run, or another process count, sees exactly the same
 global batches. Each process materialises only its own rows and hands them to
 `jax.make_array_from_process_local_data`.
+
+Length buckets (`data.length_buckets`): rather than padding every batch to `data.max_len_student` /
+`data.max_len_teacher`, a global batch is cut to the smallest of a few static lengths that holds all its real tokens,
+so the train step compiles once per bucket and never again. The bucket depends only on the global batch's example
+indices (through a per-example length table every process holds), so every process cuts its rows to the same length
+and the batch stays a pure function of (seed, step). Examples are never reordered: only padding is removed, which
+leaves the loss unchanged (the encoder's attention and the OT loss ignore pads exactly).
 """
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Iterator
+import dataclasses
+from typing import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
+
+# Batch keys are cut along axis 1 by their side: "student_*" (ids, masks, OT masks, marginal weights) to the student
+# bucket, "teacher_*" to the teacher bucket. Any other key is passed through unchanged.
+STUDENT_PREFIX, TEACHER_PREFIX = "student_", "teacher_"
 
 
 def batch_index_dataset(num_examples: int, global_batch_size: int, seed: int) -> grain.MapDataset:
@@ -22,21 +34,105 @@ def batch_index_dataset(num_examples: int, global_batch_size: int, seed: int) ->
           .batch(global_batch_size, drop_remainder=True))
 
 
+def real_lengths(mask: np.ndarray) -> np.ndarray:
+  """[N] int: one past the last nonzero position of each row of a [N, L] mask (0 for an all-zero row).
+
+  The last real position, not the count of real tokens, is what a cut must keep (a mask need not be a prefix).
+  """
+  nonzero = np.asarray(mask) != 0
+  last = nonzero.shape[-1] - np.argmax(nonzero[:, ::-1], axis=-1)
+  return np.where(nonzero.any(axis=-1), last, 0).astype(np.int32)
+
+
+def teacher_buckets(student_buckets: Sequence[int], max_len_student: int, max_len_teacher: int) -> tuple[int, ...]:
+  """The teacher length of each bucket: the student bucket scaled by max_len_teacher / max_len_student, rounded up.
+
+  The last bucket is exactly max_len_teacher. One teacher length per student bucket (not a free pair) keeps the
+  number of compiled shapes at the number of buckets.
+  """
+  return tuple(min(-(-int(b) * max_len_teacher // max_len_student), max_len_teacher) for b in student_buckets)
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthBuckets:
+  """Static (student, teacher) lengths and every example's real lengths, to choose and cut each global batch."""
+
+  student: tuple[int, ...]        # increasing; the last = data.max_len_student
+  teacher: tuple[int, ...]        # teacher_buckets(student, ...); the last = data.max_len_teacher
+  student_lengths: np.ndarray     # [N] real student length of every example (real_lengths of its student mask)
+  teacher_lengths: np.ndarray     # [N] likewise for the teacher side
+
+  @classmethod
+  def from_config(cls, data_config, student_lengths: np.ndarray | None, teacher_lengths: np.ndarray | None
+                  ) -> LengthBuckets | None:
+    """From `config.data` (length_buckets, max_len_*); None when bucketing is off (the key is missing or empty)."""
+    buckets = tuple(int(b) for b in (data_config.get("length_buckets") or ()))
+    if not buckets:
+      return None
+    if student_lengths is None or teacher_lengths is None:
+      raise ValueError("data.length_buckets needs per-example lengths from the data source")
+    return cls(buckets, teacher_buckets(buckets, data_config.max_len_student, data_config.max_len_teacher),
+               np.asarray(student_lengths), np.asarray(teacher_lengths))
+
+  def pick(self, global_indices: np.ndarray) -> tuple[int, int]:
+    """(student length, teacher length) of the smallest bucket holding every real token of the global batch."""
+    longest_student = int(self.student_lengths[global_indices].max(initial=0))
+    longest_teacher = int(self.teacher_lengths[global_indices].max(initial=0))
+    # First bucket >= the longest real length, on each side; the batch takes the larger of the two.
+    k = max(int(np.searchsorted(self.student, longest_student)), int(np.searchsorted(self.teacher, longest_teacher)))
+    if k >= len(self.student):
+      raise ValueError(f"a batch holds {longest_student} student / {longest_teacher} teacher tokens, more than the "
+                       f"largest length bucket ({self.student[-1]} / {self.teacher[-1]})")
+    return self.student[k], self.teacher[k]
+
+
+def trim_batch(batch: dict[str, np.ndarray], student_len: int, teacher_len: int) -> dict[str, np.ndarray]:
+  """Cuts every student_* / teacher_* array to its side's length along axis 1 (contiguous copies)."""
+  out = {}
+  for key, value in batch.items():
+    length = student_len if key.startswith(STUDENT_PREFIX) else teacher_len if key.startswith(TEACHER_PREFIX) else None
+    if length is not None:
+      # A real token past the cut would silently change the loss: the length table disagrees with the rows.
+      if key.endswith("mask") and np.any(value[:, length:]):
+        raise ValueError(f"{key}: real tokens past the length bucket {length}; per-example lengths are stale")
+      value = value[:, :length]
+    # Copy here, on the prefetch thread, rather than in the device transfer on the training thread.
+    out[key] = np.ascontiguousarray(value)
+  return out
+
+
 class BatchStream:
-  """Yields this process's rows of each global batch from `start_step` on, prefetching `prefetch` batches on threads."""
+  """Yields this process's rows of each global batch from `start_step` on, prefetching `prefetch` batches on threads.
+
+  With `buckets`, every batch is cut to its global batch's length bucket (the same on every process).
+  """
 
   def __init__(self, load_rows: Callable[[np.ndarray], dict[str, np.ndarray]], num_examples: int,
-               global_batch_size: int, seed: int, rows: slice, prefetch: int = 2):
+               global_batch_size: int, seed: int, rows: slice, prefetch: int = 2,
+               buckets: LengthBuckets | None = None):
     self._indices = batch_index_dataset(num_examples, global_batch_size, seed)
     self._load_rows = load_rows
     self._rows = rows
     self._prefetch = prefetch
+    self._buckets = buckets
+
+  def global_indices(self, step: int) -> np.ndarray:
+    return np.asarray(self._indices[step])
 
   def indices(self, step: int) -> np.ndarray:
-    return np.asarray(self._indices[step])[self._rows]
+    return self.global_indices(step)[self._rows]
+
+  def bucket(self, step: int) -> tuple[int, int] | None:
+    """(student, teacher) length of batch `step`, or None without bucketing (full padding)."""
+    return None if self._buckets is None else self._buckets.pick(self.global_indices(step))
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    return self._load_rows(self.indices(step))
+    global_indices = self.global_indices(step)
+    rows = self._load_rows(global_indices[self._rows])
+    if self._buckets is None:
+      return rows
+    # Chosen from the whole global batch, not this process's rows, so that every process cuts to the same length.
+    return trim_batch(rows, *self._buckets.pick(global_indices))
 
   def iterate(self, start_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     with concurrent.futures.ThreadPoolExecutor(max_workers=self._prefetch) as pool:

@@ -13,7 +13,7 @@ import numpy as np
 from etils import epath
 
 from optical_jax import precompute
-from optical_jax.data import encoding, teacher_store
+from optical_jax.data import encoding, pipeline, teacher_store
 from optical_jax.data.report import DataReport
 from optical_jax.data.training_data import TrainingData
 from optical_jax.errors import UserError
@@ -128,5 +128,8 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
     return batch
 
   ranks = {k: v.ndim for k, v in load_rows(np.arange(1)).items()}
+  # The store keeps each example's real teacher token count, and its rows are zero-padded after them.
   return TrainingData(load_rows, len(bitext), int(store.manifest.dim), ranks,
-                      f"{config.data.bitext} ({len(bitext)} pairs) + teacher store {root}", tokenizer=tokenizer)
+                      f"{config.data.bitext} ({len(bitext)} pairs) + teacher store {root}", tokenizer=tokenizer,
+                      student_lengths=pipeline.real_lengths(student_mask),
+                      teacher_lengths=store.lengths[store_rows].astype(np.int32))

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from optical_jax.data import pipeline
 from optical_jax.data import synthetic
 from optical_jax.errors import UserError
 
@@ -24,6 +25,9 @@ class TrainingData:
   batch_ranks: dict[str, int]
   description: str
   tokenizer: Any = None
+  # [N] real student / teacher length of every example (pipeline.real_lengths): what length bucketing chooses from.
+  student_lengths: np.ndarray | None = None
+  teacher_lengths: np.ndarray | None = None
 
 
 def build(config: ml_collections.ConfigDict, workdir: epath.Path) -> TrainingData:
@@ -34,7 +38,9 @@ def build(config: ml_collections.ConfigDict, workdir: epath.Path) -> TrainingDat
         teacher_dim=config.teacher.dim, seed=config.seed)
     ranks = {k: v.ndim for k, v in corpus.batch(np.arange(1)).items()}
     return TrainingData(corpus.batch, len(corpus), config.teacher.dim, ranks,
-                        f"SYNTHETIC bitext ({len(corpus)} generated pairs)")
+                        f"SYNTHETIC bitext ({len(corpus)} generated pairs)",
+                        student_lengths=pipeline.real_lengths(corpus.student_mask),
+                        teacher_lengths=pipeline.real_lengths(corpus.teacher_mask))
   from optical_jax.data import store_source  # The real path needs the teacher store; import it only then.
   return store_source.build(config, workdir)
 
