@@ -28,6 +28,7 @@ OPTIONAL_DEFAULTS = {
     "ot.tau_teacher": 1.0,          # unbalanced OT: 1 = balanced teacher marginal
     "ot.tokens": "all",             # "all" | "content" (no special / prefix tokens in the OT problem)
     "ot.idf_power": 1.0,            # ot.marginals="idf": weight = IDF ** idf_power
+    "loss.english_weight": 0.0,     # weight of the English-side term OT(teacher(en), student(en))
     "train.stop_vote_every": 1,     # multi-host: steps between the all-process stop votes (SIGTERM, lost peer)
 }
 

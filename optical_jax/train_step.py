@@ -16,6 +16,7 @@ import optax
 
 from optical_jax import losses
 from optical_jax import sharding as sharding_lib
+from optical_jax.errors import UserError
 
 
 @flax.struct.dataclass
@@ -84,6 +85,19 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
     total = total + ot_weight * ot_loss
     metrics.update({f"ot/{k}": v for k, v in ot_aux.items()})
     metrics["ot_loss"] = ot_loss
+  english_weight = float(weights.get("english_weight", 0.0))
+  if english_weight:
+    # OT(teacher(en), student(en)): keeps the student's English token states on the teacher's, so that aligning
+    # the low-resource side does not pull the shared space away from what the teacher indexed.
+    if "english_ids" not in batch:
+      raise UserError("loss.english_weight needs the English side tokenised for the student: only the bitext + "
+                      "teacher-store data path provides it (not data.bitext=synthetic or the benchmark)")
+    student_en = model.apply({"params": params}, batch["english_ids"], batch["english_mask"], head=True)
+    english_loss, _ = losses.ot_alignment_loss(
+        student_en, batch.get("english_ot_mask", batch["english_mask"]), teacher, teacher_ot_mask,
+        **losses.ot_options(ot_config))
+    total = total + english_weight * english_loss
+    metrics["english_ot_loss"] = english_loss
   mse_weight = float(weights.get("mse_weight", 0.0))
   if mse_weight:
     mse_loss, _ = losses.mse_distill_loss(student, batch["student_mask"], teacher, batch["teacher_mask"])

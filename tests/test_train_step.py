@@ -3,12 +3,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from optical_jax import config as config_lib
 from optical_jax import sharding
 from optical_jax import train_step as ts
 from optical_jax.data import pipeline, synthetic, training_data
+from optical_jax.errors import UserError
 
 
 def _setup(mesh_shape, devices=None, overrides=()):
@@ -108,3 +110,31 @@ def test_length_bucket_cut_leaves_loss_and_update_unchanged():
     np.testing.assert_allclose(cut_metrics[key], full_metrics[key], rtol=1e-5, atol=1e-6, err_msg=key)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                jax.device_get(cut_state.params), jax.device_get(full_state.params))
+
+
+def test_english_side_term_is_minimal_when_student_matches_teacher_on_english():
+  """loss.english_weight adds OT(teacher(en), student(en)): ~0 with zero gradient where they agree, > 0 elsewhere."""
+  config = config_lib.load_config("configs/tiny.py", [
+      "data.num_examples=8", "loss.ot_weight=0.0", "loss.english_weight=1.0", "ot.epsilon=0.01",
+      "ot.iterations=200"])
+  data = training_data.build(config, None)
+  model, _ = training_data.build_student(config, data)
+  params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+  rows = data.load_rows(np.arange(8))
+  english = {"english_ids": rows["student_ids"], "english_mask": rows["student_mask"]}
+  own = model.apply({"params": params}, english["english_ids"], english["english_mask"], head=True)
+  loss_fn = jax.jit(jax.value_and_grad(
+      lambda p, b: ts.distillation_loss(p, b, model=model, config=config), has_aux=True))
+
+  def run(teacher_tokens):
+    batch = {**rows, **english, "teacher_tokens": teacher_tokens, "teacher_mask": english["english_mask"]}
+    (_, metrics), grads = loss_fn(params, batch)
+    return float(metrics["english_ot_loss"]), float(optax.tree.norm(grads))
+
+  matched_loss, matched_grad = run(own)
+  other_loss, other_grad = run(jnp.roll(own, 1, axis=0))  # another sentence's English tokens
+  assert matched_loss < 1e-3 < other_loss
+  assert matched_grad < 0.05 * other_grad
+
+  with pytest.raises(UserError, match="english_weight"):
+    ts.distillation_loss(params, rows, model=model, config=config)

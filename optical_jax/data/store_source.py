@@ -96,6 +96,16 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
                   return_token_type_ids=False, return_tensors="np")
   student_ids = enc["input_ids"].astype(np.int32)
   student_mask = enc["attention_mask"].astype(np.int32)
+  english = {}
+  if float(config.get("loss", {}).get("english_weight", 0.0)):
+    # The English-side term runs the student on the English side too: tokenised like the teacher's input (same
+    # prefix, the teacher's max length), but with the student's tokenizer. Never trimmed to a length bucket.
+    enc_en = tokenizer([config.teacher.query_prefix + ex.target for ex in bitext], padding="max_length",
+                       truncation=True, max_length=config.data.max_len_teacher, return_token_type_ids=False,
+                       return_tensors="np")
+    english = {"english_ids": enc_en["input_ids"].astype(np.int32),
+               "english_mask": enc_en["attention_mask"].astype(np.int32)}
+    english_skip = 1 + prefix_length(tokenizer, config.teacher.query_prefix)
   known = set(store.ids)
   missing = [ex.id for ex in bitext if ex.id not in known]
   if missing:
@@ -117,9 +127,12 @@ def build(config: ml_collections.ConfigDict, workdir) -> TrainingData:
     tokens, mask = store.lookup_batch(store_rows[indices])
     batch = {"student_ids": student_ids[indices], "student_mask": student_mask[indices],
              "teacher_tokens": tokens.astype(np.float16), "teacher_mask": mask.astype(np.int32)}
+    batch.update({key: table[indices] for key, table in english.items()})
     if ot_tokens == "content":
       batch["student_ot_mask"] = content_mask(batch["student_mask"], student_skip)
       batch["teacher_ot_mask"] = content_mask(batch["teacher_mask"], teacher_skip)
+      if english:
+        batch["english_ot_mask"] = content_mask(batch["english_mask"], english_skip)
     for key, table in weights.items():
       rows = table[indices]
       if key == "teacher_weights" and not np.array_equal(rows > 0, batch["teacher_mask"] > 0):

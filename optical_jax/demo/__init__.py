@@ -112,6 +112,7 @@ def tiny_demo_config(config: ml_collections.ConfigDict, objective: str, files: d
   config.train.steps, config.train.batch_size, config.train.log_every = TINY_STEPS, 32, 5
   config.train.checkpoint_every, config.train.warmup_steps = TINY_STEPS, 5
   config.data.max_len_student = config.data.max_len_teacher = 40
+  config.data.length_buckets = (16, 40)
   config.eval = ml_collections.ConfigDict(dict(
       system=objective, collections="", files=f"{files['queries.tsv']},{files['documents.jsonl']},{files['qrels.txt']}",
       max_len_query=40, max_len_doc=40, batch_size=32, k=100, scorers="maxsim,pooled", maxsim_tokens="content",
