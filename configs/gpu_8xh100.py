@@ -22,6 +22,21 @@ Several nodes: `sbatch --nodes=N launch/slurm_multinode.sbatch --config configs/
 --workdir /shared/runs/x -- --config.train.batch_size=$((1024*N))` (one process per GPU; the script
 passes --config.mesh.data=-1). Fewer GPUs: `launch/gpu_single_host.sh --gpus 4 ...`.
 
+Benchmark (`optical-jax bench`). The accelerator targets are MFU >= 40 % in bf16 at >= 8k tokens per step per
+device, and an OT share of the step time <= 10 %. They are not measured: the machine this code was written on has
+no GPU or TPU, so these are the commands to run, not results. The JSON's `targets.mfu` and `targets.ot_share` say
+whether each target is met (`mfu` is n/a below 8k padded tokens per device or outside bf16).
+The default shapes are the target's (128 pairs x 64 tokens = 8192 per GPU). One process drives the 8 GPUs,
+with the collective-overlap flags launch/gpu_single_host.sh sets for training:
+
+  XLA_FLAGS='--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_all_reduce_combine_threshold_bytes=134217728' \
+      .venv/bin/optical-jax bench --config configs/gpu_8xh100.py:synthetic --json runs/bench_8xh100.json
+
+`--sweep` adds batch 32-256 per GPU x student length 64/128 x 50/100/200 Sinkhorn iterations. N nodes, in an
+allocation like launch/slurm_multinode.sbatch's (one task per GPU; jax.distributed starts on its own there):
+`srun .venv/bin/optical-jax bench --config configs/gpu_8xh100.py:synthetic --config.mesh.data=-1
+--config.train.batch_size=$((1024*N))`.
+
 Why these choices (estimates; check them with `optical-jax bench`):
 - Pure data parallelism: f32 params + grads + AdamW = 4.4 GB and ~3 GB of activations fit an 80 GB
   GPU many times over. The replicated AdamW update streams ~7.8 GB per step (~2.3 ms at 3.35 TB/s)
@@ -100,5 +115,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       keep_checkpoints=3,
       log_every=100,
+  ))
+
+  # `optical-jax bench` knobs (defaults and meanings: optical_jax/bench/settings.py).
+  c.bench = ml_collections.ConfigDict(dict(
+      steps=30,                   # ~12 ms steps: 30 give a stable median
+      warmup_steps=5,             # autotuning and allocator growth settle in the first executions
+      ot_repeats=10,
+      sweep_batch=(256, 512, 1024, 2048),   # 32, 64, 128, 256 pairs per GPU
+      sweep_student_len=(64, 128),          # up to 32k tokens per GPU: well inside 80 GB
+      sweep_iterations=(50, 100, 200),
+      sweep_steps=5,
   ))
   return c

@@ -25,6 +25,21 @@ Pod smoke test: `launch/tpu_vm.sh run ... --config configs/tpu_v4_32.py:syntheti
 gs://BUCKET/optical/smoke -- --config.train.steps=50`. On a v4-8 (4 chips, one worker) pass
 `-- --config.mesh.data=1 --config.train.batch_size=512`.
 
+Benchmark (`optical-jax bench`). The accelerator targets are MFU >= 40 % in bf16 at >= 8k tokens per step per
+device, and an OT share of the step time <= 10 %. They are not measured: the machine this code was written on has
+no GPU or TPU, so these are the commands to run, not results. The JSON's `targets.mfu` and `targets.ot_share` say
+whether each target is met (`mfu` is n/a below 8k padded tokens per device or outside bf16).
+The default shapes are the target's (128 pairs x 64 tokens = 8192 per chip). Run it on every worker at once
+(after `launch/tpu_vm.sh setup`; `--distributed` is automatic on a multi-host slice anyway); worker 0 writes the
+files:
+
+  gcloud compute tpus tpu-vm ssh optical-v4 --zone us-central2-b --worker=all --command="cd ~/optical_jax && \
+      ~/optical_jax_venv/bin/optical-jax bench --distributed --config configs/tpu_v4_32.py:synthetic \
+      --json runs/bench_v4_32.json"
+
+`--sweep` adds batch 32-256 per chip x student length 64/128 x 50/100/200 Sinkhorn iterations (32 compiled
+steps: budget tens of minutes).
+
 Why these choices (estimates; check them with `optical-jax bench`):
 - fsdp=4 (innermost non-trivial axis: jax.make_mesh puts each group on ICI-neighbouring chips; the whole
   slice is one ICI torus, so worker boundaries do not matter), data=4. With 32 GiB HBM the model fits
@@ -102,5 +117,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       keep_checkpoints=3,
       log_every=100,
+  ))
+
+  # `optical-jax bench` knobs (defaults and meanings: optical_jax/bench/settings.py); --compare is single-process.
+  c.bench = ml_collections.ConfigDict(dict(
+      steps=20,                   # ~40 ms steps: 20 give a stable median
+      warmup_steps=5,             # the first executions on a pod still load programs and warm the allocator
+      ot_repeats=10,
+      sweep_batch=(512, 1024, 2048, 4096),  # 32, 64, 128, 256 pairs per chip
+      sweep_student_len=(64, 128),          # up to 32k tokens per chip: ~17 GB of the 32 GiB HBM (estimate)
+      sweep_iterations=(50, 100, 200),
+      sweep_steps=5,
   ))
   return c

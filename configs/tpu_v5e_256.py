@@ -25,6 +25,21 @@ Pod smoke test: `launch/tpu_vm.sh run ... --config configs/tpu_v5e_256.py:synthe
 gs://BUCKET/optical/smoke -- --config.train.steps=50`. On another slice size pass
 `-- --config.mesh.data=-1` and a train.batch_size divisible by the chip count.
 
+Benchmark (`optical-jax bench`). The accelerator targets are MFU >= 40 % in bf16 at >= 8k tokens per step per
+device, and an OT share of the step time <= 10 %. They are not measured: the machine this code was written on has
+no GPU or TPU, so these are the commands to run, not results. The JSON's `targets.mfu` and `targets.ot_share` say
+whether each target is met (`mfu` is n/a below 8k padded tokens per device or outside bf16).
+The default batch has 4096 tokens per chip, so the MFU target needs 128 pairs per chip (32768 pairs, 8192
+tokens per chip). Run it on every worker at once (after `launch/tpu_vm.sh setup`; `--distributed` is automatic
+on a multi-host slice anyway); worker 0 writes the files:
+
+  gcloud compute tpus tpu-vm ssh optical-v5e --zone us-west4-a --worker=all --command="cd ~/optical_jax && \
+      ~/optical_jax_venv/bin/optical-jax bench --distributed --config configs/tpu_v5e_256.py:synthetic \
+      --config.train.batch_size=32768 --json runs/bench_v5e_256.json"
+
+`--sweep` adds batch 32/64/128 per chip x student length 64/128 x 50/100/200 Sinkhorn iterations (24 compiled
+steps).
+
 Why these choices (estimates; check them with `optical-jax bench`):
 - fsdp=4: 278M params fit replicated (f32 params + grads + AdamW = 4.4 GB, activations ~1.5 GB of 16 GB
   HBM), but the AdamW update is memory-bound: replicated, it streams ~28 B/param = 7.8 GB per step,
@@ -108,5 +123,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=1000,
       keep_checkpoints=3,
       log_every=100,
+  ))
+
+  # `optical-jax bench` knobs (defaults and meanings: optical_jax/bench/settings.py); --compare is single-process.
+  c.bench = ml_collections.ConfigDict(dict(
+      steps=20,                   # ~27 ms steps: 20 give a stable median
+      warmup_steps=5,             # the first executions on a pod still load programs and warm the allocator
+      ot_repeats=10,
+      sweep_batch=(8192, 16384, 32768),     # 32, 64, 128 pairs per chip
+      sweep_student_len=(64, 128),          # up to 16k tokens per chip: activations ~6 GB of the 16 GB HBM
+      sweep_iterations=(50, 100, 200),
+      sweep_steps=5,
   ))
   return c

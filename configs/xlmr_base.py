@@ -17,6 +17,19 @@ validation, naming the field.
 Single GPU or single TPU host: launch/gpu_single_host.sh --gpus 1 --config configs/xlmr_base.py:PATH ...
 (see launch/README.md). For pods and multi-node GPUs use configs/tpu_*.py and configs/gpu_8xh100.py.
 
+Benchmark (`optical-jax bench`). The accelerator targets are MFU >= 40 % in bf16 at >= 8k tokens per step per
+device, and an OT share of the step time <= 10 %. They are not measured: the machine this code was written on has
+no GPU or TPU, so these are the commands to run, not results. The JSON's `targets.mfu` and `targets.ot_share` say
+whether each target is met (`mfu` is n/a below 8k padded tokens per device or outside bf16).
+The default batch is the target's on one device (128 pairs x 64 tokens = 8192). On N devices keep 8k tokens per
+device with `--config.train.batch_size=$((128*N))`. On one GPU or TPU host:
+
+  optical-jax bench --config configs/xlmr_base.py:synthetic --json runs/bench_xlmr.json
+  optical-jax bench --config configs/xlmr_base.py:synthetic --sweep --json runs/bench_xlmr_sweep.json
+
+The sweep covers global batch 32-256 x student length 32/64 x 50/100/200 Sinkhorn iterations; points whose batch
+the device count does not divide are skipped. Several hosts: the same command on every host, with `--distributed`.
+
 Why these numbers:
 - Size: 278M params, 192M of them the word-embedding table (250002 x 768), which is a gather and costs
   no matmul FLOPs; 85M non-embedding params do the work (~517 MFLOP per trained token at L=64).
@@ -103,5 +116,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=500,
       keep_checkpoints=3,
       log_every=50,
+  ))
+
+  # `optical-jax bench` knobs (defaults and meanings: optical_jax/bench/settings.py).
+  c.bench = ml_collections.ConfigDict(dict(
+      steps=20,
+      warmup_steps=3,
+      ot_repeats=10,
+      sweep_batch=(32, 64, 128, 256),       # global; up to 16k tokens: ~10 GB with the replicated state
+      sweep_student_len=(32, 64),
+      sweep_iterations=(50, 100, 200),
+      sweep_steps=5,
   ))
   return c

@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
   _add_config(p)
   p.add_argument("--compare", action="store_true", help="also time the PyTorch + POT reference at the same shapes")
   p.add_argument("--sweep", action="store_true")
-  p.add_argument("--json", dest="json_path")
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--json", dest="json_path", help="write the measurements here (process 0 only)")
+  p.add_argument("--steps", type=int, default=None, help="timed steps (default: the config's bench.steps, else 10)")
+  p.add_argument("--distributed", action="store_true",
+                 help="call jax.distributed.initialize() (multi-host; automatic on multi-host TPU slices)")
 
   p = sub.add_parser("export", help="write the trained student as a Hugging Face directory")
   p.add_argument("--workdir", required=True)
@@ -87,7 +89,7 @@ def run(argv: Sequence[str]) -> int:
   if overrides and not hasattr(args, "config"):
     raise UserError(f"--config.* overrides are not accepted by `{args.command}`")
 
-  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher"):
+  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "bench"):
     from optical_jax import distributed
     distributed.maybe_initialize(force=getattr(args, "distributed", False))
 
@@ -103,8 +105,9 @@ def run(argv: Sequence[str]) -> int:
     evaluate.evaluate(_load(args, overrides), args.workdir)
   elif args.command == "bench":
     from optical_jax import bench
-    bench.main(_load(args, overrides), compare=args.compare, sweep=args.sweep, json_path=args.json_path,
-               steps=args.steps)
+    from optical_jax.bench import settings as bench_settings
+    bench.main(bench_settings.load_config(args.config, overrides), compare=args.compare, sweep=args.sweep,
+               json_path=args.json_path, steps=args.steps)
   elif args.command == "export":
     from optical_jax import export
     export.export(args.workdir, args.out)

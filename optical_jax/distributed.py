@@ -220,15 +220,16 @@ def is_collective_failure(error: BaseException) -> bool:
   return isinstance(error, (jax.errors.JaxRuntimeError, RuntimeError)) and not isinstance(error, UserError)
 
 
-def exit_now(error: BaseException, last_checkpoint: int | None) -> NoReturn:
+def exit_now(error: BaseException, last_checkpoint: int | None, rerun: str | None = None) -> NoReturn:
   """Ends this process of a multi-process run at once, with one clear line on stderr; never returns.
 
   Raising instead would block in jax's shutdown barrier while the other processes wait in a collective for this
   one, until jax's shutdown timeout (300 s). Ending now stops this process's heartbeat, so jax ends the others too:
-  at once if this is process 0, else after the heartbeat timeout (see the module docstring).
+  at once if this is process 0, else after the heartbeat timeout (see the module docstring). `rerun` replaces the
+  advice about resuming from a checkpoint, for commands that keep none (bench).
   """
-  resume = "rerun every process to resume from the newest checkpoint"
-  if last_checkpoint is not None:
+  resume = rerun or "rerun every process to resume from the newest checkpoint"
+  if last_checkpoint is not None and rerun is None:
     resume += f" (the last one started: step {last_checkpoint})" if last_checkpoint else " (none yet)"
   where = f"process {jax.process_index()} of {jax.process_count()}"
   first_line = (str(error).strip().splitlines() or [""])[0][:300]

@@ -18,6 +18,7 @@ from optical_jax import bench
 from optical_jax import cli
 from optical_jax import config as config_lib
 from optical_jax import sharding
+from optical_jax.bench import settings as settings_lib
 from optical_jax.bench import sweep as sweep_lib
 from optical_jax.bench import timing
 from optical_jax.bench import train_bench
@@ -71,6 +72,8 @@ def test_json_fields_recompiles_and_ot_share(compare_result):
   assert written["compile"]["train_step"]["ot"]["xla_compile_s"] > 0
   assert written["environment"]["num_devices"] == len(jax.devices())
   assert written["targets"]["recompiles"]["met"] is True
+  assert written["padded_tokens_per_device"] == 8 * 8 / 8
+  assert written["targets"]["mfu"] == {"value": None, "target": ">= 0.4", "met": None}  # accelerators only
   assert written == json.loads(json.dumps(result, default=float))
 
 
@@ -130,6 +133,27 @@ def test_ot_share_and_settings():
     train_bench.bench_settings(config)
   with pytest.raises(UserError, match="--steps"):
     bench.run(_tiny_config(), steps=0, watch=None)
+
+
+def test_settings_defaults_come_from_one_table_and_reach_configs_without_a_bench_section():
+  config = settings_lib.load_config("configs/tiny.py", ["bench.steps=3", "bench.sweep_batch=(16, 32)"])
+  resolved = settings_lib.bench_settings(config)
+  assert (resolved.steps, resolved.sweep_batch) == (3, (16, 32))
+  assert {k: resolved[k] for k in settings_lib.BENCH_DEFAULTS if k not in ("steps", "sweep_batch")} == {
+      k: v for k, v in settings_lib.BENCH_DEFAULTS.items() if k not in ("steps", "sweep_batch")}
+  assert train_bench.bench_settings is settings_lib.bench_settings  # the old import path still works
+  benched = settings_lib.load_config("configs/tiny.py").to_dict()
+  assert benched.pop("bench") == settings_lib.BENCH_DEFAULTS  # and otherwise the config `train` would load
+  assert benched == config_lib.load_config("configs/tiny.py").to_dict()
+  assert settings_lib.bench_settings(config_lib.load_config("configs/tiny.py")).steps == 10  # no bench section
+  with pytest.raises(UserError, match="bench.sweep_batch must be a non-empty tuple of integers >= 1"):
+    settings_lib.load_config("configs/tiny.py", ["bench.sweep_batch=(0,)"])
+  with pytest.raises(UserError, match="bench.steps must be >= 1"):
+    settings_lib.load_config("configs/tiny.py", ["bench.steps=0"])
+  with pytest.raises(UserError, match="unknown config key 'bench.nope'"):
+    settings_lib.load_config("configs/tiny.py", ["bench.nope=1"])
+  partial = config_lib.load_config("configs/bench_cpu.py")  # a bench section without `steps`: filled in, kept
+  assert settings_lib.with_defaults(partial).bench.steps == 10 and partial.bench.sweep_batch == (8, 32)
 
 
 def test_cli_rejects_bad_steps(capsys):

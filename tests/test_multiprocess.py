@@ -1,6 +1,7 @@
-"""Two local JAX processes (4 simulated CPU devices each, gloo collectives) train configs/tiny.py like one process.
+"""Two local JAX processes (4 simulated CPU devices each, gloo collectives) train configs/tiny.py like one process;
+two processes (2 devices each) run `optical-jax bench` as one.
 
-The multi-process tests start real `python -m optical_jax train` processes that join through `jax.distributed` on
+The multi-process tests start real `python -m optical_jax` processes that join through `jax.distributed` on
 a free localhost port (OPTICAL_JAX_* environment, as the launch/ scripts set it on real hosts). Their helpers and
 the shared uninterrupted 2-process run are also used by tests/test_preemption.py.
 """
@@ -55,19 +56,26 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(workdir, *args: str, num_processes: int = 2, env: dict[str, str] | None = None,
-           per_process_args: dict[int, tuple[str, ...]] | None = None) -> list[subprocess.Popen]:
-  """Starts `optical-jax train` as `num_processes` processes of one jax.distributed job (4 CPU devices each)."""
+def launch_command(*argv: str, num_processes: int = 2, devices: int = 4, env: dict[str, str] | None = None,
+                   per_process_args: dict[int, tuple[str, ...]] | None = None) -> list[subprocess.Popen]:
+  """Starts `optical-jax ARGV...` as `num_processes` processes of one jax.distributed job (`devices` CPU devices
+  each), joined through the OPTICAL_JAX_* environment (no --distributed flag needed)."""
   port = _free_port()
   procs = []
   for i in range(num_processes):
-    process_env = _env(4, OPTICAL_JAX_DISTRIBUTED="1", OPTICAL_JAX_COORDINATOR=f"127.0.0.1:{port}",
+    process_env = _env(devices, OPTICAL_JAX_DISTRIBUTED="1", OPTICAL_JAX_COORDINATOR=f"127.0.0.1:{port}",
                        OPTICAL_JAX_NUM_PROCESSES=str(num_processes), OPTICAL_JAX_PROCESS_ID=str(i), **(env or {}))
-    cmd = [sys.executable, "-m", "optical_jax", "train", "--config", "configs/tiny.py", "--workdir", str(workdir),
-           *args, *(per_process_args or {}).get(i, ())]
+    cmd = [sys.executable, "-m", "optical_jax", *argv, *(per_process_args or {}).get(i, ())]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=process_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True))
   return procs
+
+
+def launch(workdir, *args: str, num_processes: int = 2, env: dict[str, str] | None = None,
+           per_process_args: dict[int, tuple[str, ...]] | None = None) -> list[subprocess.Popen]:
+  """Starts `optical-jax train` as `num_processes` processes of one jax.distributed job (4 CPU devices each)."""
+  return launch_command("train", "--config", "configs/tiny.py", "--workdir", str(workdir), *args,
+                        num_processes=num_processes, env=env, per_process_args=per_process_args)
 
 
 def finish(procs, timeout: float = TIMEOUT_S) -> list[tuple[int, str, str]]:
@@ -151,6 +159,45 @@ def test_seed_comes_from_process_0_and_other_differences_are_user_errors(tmp_pat
     assert code == 2, err[-4000:]
     assert "processes [1] run a different config from process 0" in err
   assert "config.seed 5 differs from process 0's; using 0" in results[1][2]
+
+
+@multiprocess
+def test_bench_runs_as_one_global_step_on_two_processes(tmp_path):
+  """2 processes x 2 CPU devices: one global step timed; process 0 alone prints and writes the JSON and sweep files."""
+  out = tmp_path / "bench.json"
+  # --distributed as a user would type it (the environment gives the coordinates); tiny knobs and a one-point sweep
+  # (configs/tiny.py has no bench section: the overrides reach the defaults).
+  results = finish(launch_command(
+      "bench", "--distributed", "--config", "configs/tiny.py", "--steps", "2", "--json", str(out), "--sweep",
+      "--config.bench.warmup_steps=1", "--config.bench.ot_repeats=1", "--config.bench.num_batches=2",
+      "--config.bench.sweep_batch=(32,)", "--config.bench.sweep_student_len=(16,)",
+      "--config.bench.sweep_iterations=(10,)", "--config.bench.sweep_steps=1", devices=2))
+  check_ok(results)
+  written = json.loads(out.read_text())
+  env = written["environment"]
+  assert (env["num_processes"], env["num_devices"], env["local_devices"]) == (2, 4, 2)
+  assert env["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+  assert written["recompiles"] == 0 and written["timed_steps"] == 2 and written["losses_finite"]
+  assert written["config"]["batch"] == 32 and 0.0 <= written["ot_share"] <= 1.0
+  assert written["padded_tokens_per_s"] > 0 and np.isfinite(written["ot_loss"]["loss"])
+  assert written["peak_devices_counted"] == 2  # one CPU host per process
+  rows = written["sweep"]["rows"]
+  assert [(r["batch"], r["student_len"], r["iterations"], r["recompiles"]) for r in rows] == [(32, 16, 10, 0)]
+  assert [r[1].count("optical-jax bench:") for r in results] == [1, 0]  # the report: process 0 only
+  assert [r[1].count("wrote ") for r in results] == [4, 0]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "bench.json", "bench_ot_share.png", "bench_sweep.csv", "bench_throughput_mfu.png"]
+
+
+@multiprocess
+def test_bench_compare_refuses_several_processes(tmp_path):
+  results = finish(launch_command("bench", "--config", "configs/tiny.py", "--compare", "--json",
+                                  str(tmp_path / "b.json"), devices=1))
+  for code, out, err in results:
+    assert code == 2, err[-4000:]
+    lines = [line for line in err.splitlines() if line.startswith("optical-jax: error:")]
+    assert len(lines) == 1 and "--compare runs the single-process PyTorch + POT peer" in lines[0], err[-2000:]
+  assert not (tmp_path / "b.json").exists()
 
 
 def test_initialize_arguments_from_the_environment(monkeypatch):

@@ -2,8 +2,9 @@
 
 For each (batch, student length) one state is shared by the MSE twin and one OT step per iteration count, timed in
 interleaved rounds like the main benchmark; a row's OT share is the median over rounds of 1 - t_MSE / t_OT (the
-twins ran back to back), and MFU uses one peak for the whole sweep (on CPU the best GEMM sample). Files go next to the JSON (`<stem>_sweep.csv`,
-`<stem>_throughput_mfu.png`, `<stem>_ot_share.png`), or to ./bench_* without --json.
+twins ran back to back), and MFU uses one peak for the whole sweep (on CPU the best GEMM sample). Files go next to
+the JSON (`<stem>_sweep.csv`, `<stem>_throughput_mfu.png`, `<stem>_ot_share.png`), or to ./bench_* without --json;
+in a multi-process run every process measures every point and process 0 alone writes them.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import csv
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -19,7 +21,8 @@ from optical_jax import config as config_lib
 from optical_jax import flops as flops_lib
 from optical_jax import sharding as sharding_lib
 from optical_jax.bench import timing
-from optical_jax.bench.train_bench import TrainStepBench, bench_settings, mse_variant
+from optical_jax.bench.settings import bench_settings
+from optical_jax.bench.train_bench import TrainStepBench, mse_variant
 from optical_jax.errors import UserError
 
 COLUMNS = ("batch", "student_len", "iterations", "step_time_median_s", "step_time_p90_s", "sequences_per_s",
@@ -43,8 +46,6 @@ def run_sweep(config: ml_collections.ConfigDict, *, watch: timing.CompileWatch, 
   settings = bench_settings(config)
   mesh = sharding_lib.create_mesh(config.mesh)
   devices = list(mesh.devices.flat)
-  if settings.sweep_steps < 1:
-    raise UserError(f"config: bench.sweep_steps must be >= 1, got {settings.sweep_steps}")
   rows, skipped, gemm = [], [], []
   for batch in settings.sweep_batch:
     for student_len in settings.sweep_student_len:
@@ -92,10 +93,11 @@ def run_sweep(config: ml_collections.ConfigDict, *, watch: timing.CompileWatch, 
   stem = os.path.splitext(json_path)[0] if json_path else os.path.join(os.getcwd(), "bench")
   files = {"csv": f"{stem}_sweep.csv", "throughput_mfu_png": f"{stem}_throughput_mfu.png",
            "ot_share_png": f"{stem}_ot_share.png"}
-  write_csv(rows, files["csv"])
-  plot(rows, files, reference_iterations=int(config.ot.iterations))
-  for path in files.values():
-    print(f"wrote {path}")
+  if jax.process_index() == 0:
+    write_csv(rows, files["csv"])
+    plot(rows, files, reference_iterations=int(config.ot.iterations))
+    for path in files.values():
+      print(f"wrote {path}")
   return {"rows": rows, "skipped": skipped, "files": files, "steps_per_point": settings.sweep_steps,
           "peak_flops_per_s": peak, "peak_source": peak_source}
 

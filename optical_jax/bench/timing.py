@@ -1,7 +1,9 @@
 """Measurement tools of the benchmark: compile accounting, interleaved timing rounds, summaries, memory, peak FLOP/s.
 
 Everything here is backend-agnostic. Times are wall-clock seconds taken on the host after the device has finished
-(`block_until_ready`), so they include dispatch but never queue ahead of the device.
+(`block_until_ready`), so they include dispatch but never queue ahead of the device. Multi-process: a process can
+only run on and query its own devices (`_local`); `device_peak_memory` is the one collective here, so every process
+must call it at the same point.
 """
 from __future__ import annotations
 
@@ -124,19 +126,36 @@ def host_peak_rss_bytes() -> int:
   return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def _local(devices: list[jax.Device]) -> list[jax.Device]:
+  """This process's devices among `devices` (all of them in a single-process run)."""
+  return [d for d in devices if d.process_index == jax.process_index()]
+
+
+def _memory_stats(device: jax.Device) -> dict[str, Any] | None:
+  try:
+    return device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  # some backends raise instead of returning None
+    return None
+
+
 def device_peak_memory(devices: list[jax.Device]) -> dict[str, Any]:
-  """Peak bytes in use per device from `memory_stats()`; CPU devices report none ("n/a")."""
-  peaks = []
-  for device in devices:
-    try:
-      stats = device.memory_stats()
-    except Exception:  # pylint: disable=broad-except  # some backends raise instead of returning None
-      stats = None
-    if not stats or "peak_bytes_in_use" not in stats:
-      return {"peak_bytes_max": None, "note": f"n/a: {device.platform} devices report no memory_stats()"}
-    peaks.append(int(stats["peak_bytes_in_use"]))
-  return {"peak_bytes_max": max(peaks), "peak_bytes_per_device": peaks,
-          "bytes_limit": (devices[0].memory_stats() or {}).get("bytes_limit")}
+  """Peak bytes in use per device from `memory_stats()`; CPU devices report none ("n/a").
+
+  Multi-process: the per-device list is this process's devices, the max is over every process's (a collective).
+  """
+  local = _local(devices)
+  stats = [_memory_stats(d) for d in local]
+  peaks = None if any(not s or "peak_bytes_in_use" not in s for s in stats) else [
+      int(s["peak_bytes_in_use"]) for s in stats]
+  peak_max = None if peaks is None else max(peaks)
+  if jax.process_count() > 1:  # every process takes part, with -1 for "no statistics", so none waits forever
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(-1 if peak_max is None else peak_max,
+                                                                       np.int64)))
+    peak_max = None if np.any(gathered < 0) else int(gathered.max())
+  if peak_max is None:
+    return {"peak_bytes_max": None, "note": f"n/a: {local[0].platform} devices report no memory_stats()"}
+  return {"peak_bytes_max": peak_max, "peak_bytes_per_device": peaks, "bytes_limit": stats[0].get("bytes_limit")}
 
 
 def compiled_memory(compiled) -> dict[str, int] | None:
@@ -172,13 +191,17 @@ def peak_flops(devices: list[jax.Device], cpu_gemm_samples: list[float]) -> tupl
   """(peak FLOP/s per counted device, number of devices counted, where the peak comes from).
 
   Accelerators use the dense bf16 datasheet table of optical_jax.flops. CPU devices (simulated ones included) share
-  the host's cores, so the whole host counts once, at the best jitted f32 GEMM rate measured in this run.
+  the host's cores, so each host counts once, at the best jitted f32 GEMM rate measured in this run (by this
+  process): one host per process, which overstates the peak when several processes share one machine.
   """
   device = devices[0]
   if device.platform == "cpu":
     if not cpu_gemm_samples:
-      return None, 1, "cpu: no GEMM measurement"
-    return max(cpu_gemm_samples), 1, "cpu: jitted 1024^3 float32 GEMM measured in this run (best of the samples)"
+      return None, jax.process_count(), "cpu: no GEMM measurement"
+    source = "cpu: jitted 1024^3 float32 GEMM measured in this run (best of the samples)"
+    if jax.process_count() > 1:
+      source += f", counted once per process ({jax.process_count()} processes, one host each)"
+    return max(cpu_gemm_samples), jax.process_count(), source
   peak = flops_lib.device_peak_flops(device)
   if peak is None:
     return None, len(devices), f"unknown device kind {device.device_kind!r}: no peak in optical_jax.flops"
@@ -186,8 +209,8 @@ def peak_flops(devices: list[jax.Device], cpu_gemm_samples: list[float]) -> tupl
 
 
 def measure_cpu_gemm(devices: list[jax.Device]) -> list[float]:
-  """One GEMM peak sample on a CPU backend (nothing elsewhere)."""
+  """One GEMM peak sample on a CPU backend (nothing elsewhere), on this process's first device."""
   if devices[0].platform != "cpu":
     return []
-  with jax.default_device(devices[0]):
+  with jax.default_device(_local(devices)[0]):
     return [flops_lib.measure_cpu_gemm_peak()]

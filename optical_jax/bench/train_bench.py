@@ -3,6 +3,11 @@
 `TrainStepBench` builds the student, the optimizer state and one jitted train step per *variant* (a config that
 differs only in its loss, e.g. the OT loss swapped for a same-shape MSE loss), all sharing one donated state, and
 times blocks of steps with metrics read one step late. `OtLossBench` times the OT loss alone on fixed inputs.
+
+Multi-process (several hosts, `--distributed`): every array here is global, laid out on the whole mesh; each process
+computes or holds only its own devices' shards (jit with out_shardings, `make_array_from_callback`), from the same
+seed, so the processes agree without exchanging data. Every process runs the same steps in the same order, and a
+step's duration ends when its replicated loss is ready: the time of the global step.
 """
 from __future__ import annotations
 
@@ -20,42 +25,9 @@ from optical_jax import losses
 from optical_jax import sharding as sharding_lib
 from optical_jax import train_step as train_step_lib
 from optical_jax.bench import timing
+from optical_jax.bench.settings import BENCH_DEFAULTS, bench_settings  # noqa: F401  (re-exported)
 from optical_jax.data import training_data
 from optical_jax.errors import UserError
-
-# Measurement knobs; a config's optional `bench` section overrides them (configs/bench_cpu.py documents them).
-BENCH_DEFAULTS = dict(
-    warmup_steps=2,        # untimed steps of every variant after compilation
-    max_rounds=10,         # timed steps are split into at most this many interleaved rounds
-    num_batches=4,         # distinct synthetic batches cycled through (same shapes: no recompilation)
-    min_real_frac=0.5,     # real lengths are uniform in [ceil(frac * L), L] (benchmarks/torch_reference's rule)
-    ot_repeats=5,          # timed calls of each OT-only loss
-    loop_repeats=1,        # timed calls of the per-pair POT loop (--compare)
-    torch_threads=(0, 1),  # torch thread counts the reference runs at (0 = its default); ratios use the fastest
-    sweep_batch=(8, 16, 32),
-    sweep_student_len=(16, 32),
-    sweep_iterations=(10, 50, 100),
-    sweep_steps=3,
-)
-
-
-def bench_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  settings = ml_collections.ConfigDict(BENCH_DEFAULTS)
-  user = config.get("bench") or {}
-  for key, value in user.items():
-    if key not in BENCH_DEFAULTS:
-      raise UserError(f"config: unknown key bench.{key} (known: {', '.join(sorted(BENCH_DEFAULTS))})")
-    settings[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-  if settings.warmup_steps < 0 or settings.num_batches < 1 or settings.max_rounds < 1 or settings.ot_repeats < 1:
-    raise UserError("config: bench.warmup_steps must be >= 0 and bench.num_batches, bench.max_rounds, "
-                    "bench.ot_repeats >= 1")
-  if settings.loop_repeats < 1 or not settings.torch_threads or min(settings.torch_threads) < 0:
-    raise UserError("config: bench.loop_repeats must be >= 1 and bench.torch_threads a non-empty list of thread "
-                    "counts >= 0 (0 = torch's default)")
-  if not 0.0 < settings.min_real_frac <= 1.0:
-    raise UserError(f"config: bench.min_real_frac must be in (0, 1], got {settings.min_real_frac}")
-  return settings
-
 
 def mse_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
   """The same step with the OT loss replaced by the sentence-level MSE loss of the same tensors (None: no OT)."""
@@ -115,6 +87,18 @@ def make_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, 
   return [generate(jax.random.fold_in(root, i)) for i in range(count)]
 
 
+def to_global(arrays: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
+  """Host arrays that every process holds in full, as data-sharded global arrays (each process fills its shards)."""
+  return {k: jax.make_array_from_callback(v.shape, sharding_lib.data_sharding(mesh, v.ndim), lambda i, v=v: v[i])
+          for k, v in arrays.items()}
+
+
+def real_tokens(batches: list[dict[str, jax.Array]], mesh: jax.sharding.Mesh) -> float:
+  """Mean number of real student tokens per batch (a replicated count: readable on every process)."""
+  count = jax.jit(lambda m: jnp.sum(m, dtype=jnp.int32), out_shardings=sharding_lib.replicated(mesh))
+  return float(np.mean([int(count(b["student_mask"])) for b in batches]))
+
+
 class TrainStepBench:
   """The train step of each variant config, jitted with the state/batch shardings, sharing one donated state."""
 
@@ -136,7 +120,7 @@ class TrainStepBench:
     self.batches = make_batches(base, mesh, pad_id=self.encoder_config.pad_token_id,
                                 vocab_size=self.encoder_config.vocab_size, teacher_dim=teacher_dim,
                                 count=settings.num_batches, min_real_frac=settings.min_real_frac)
-    self.real_tokens_per_batch = float(np.mean([int(jnp.sum(b["student_mask"])) for b in self.batches]))
+    self.real_tokens_per_batch = real_tokens(self.batches, mesh)
     self.steps = {}
     for name, variant in variants.items():  # variants differ in their loss only: one optimizer, one state layout
       self.steps[name] = train_step_lib.jit_train_step(self.model, tx, variant, mesh, state_shardings,
@@ -218,9 +202,7 @@ class OtLossBench:
     ot = config.ot
 
     def loss(student, student_mask, teacher, teacher_mask):
-      return losses.ot_alignment_loss(
-          student, student_mask, teacher, teacher_mask, epsilon=ot.epsilon, iterations=ot.iterations,
-          grad=ot.grad, relative_epsilon=ot.get("relative_epsilon") or None)[0]
+      return losses.ot_alignment_loss(student, student_mask, teacher, teacher_mask, **losses.ot_options(ot))[0]
 
     order = ("student_tokens", "student_mask", "teacher_tokens", "teacher_mask")
     self.args = tuple(jax.device_put(inputs[k], sharding_lib.data_sharding(mesh, inputs[k].ndim)) for k in order)
