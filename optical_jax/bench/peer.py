@@ -59,6 +59,8 @@ def reference_config(ref, config: ml_collections.ConfigDict, encoder_config, min
        "unbalanced OT (the reference solves the balanced problem)"),
       (not encoder_config.normalize, "L2-normalised head output (the reference has none)"),
       (not float((config.get("loss") or {}).get("mse_weight", 0.0)), "an MSE term (the reference has OT only)"),
+      (not float((config.get("loss") or {}).get("english_weight", 0.0)),
+       "an English-side term (the reference has the low-resource OT term only)"),
   ]
   for same, what in checks:
     if not same:
