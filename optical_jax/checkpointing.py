@@ -23,7 +23,10 @@ _CPU_HANDLER_REGISTERED = False
 
 class Checkpointer:
   def __init__(self, directory: str | epath.Path, *, keep: int = 2, async_save: bool = True):
+    # Orbax's tensorstore reads need an absolute local path: a relative workdir would fail on restore.
     self.directory = epath.Path(directory)
+    if "://" not in str(directory):
+      self.directory = self.directory.resolve()
     global _CPU_HANDLER_REGISTERED
     if jax.default_backend() == "cpu" and not _CPU_HANDLER_REGISTERED:
       # Replica-parallel saving slices every replicated array per device, compiling one tiny program per device and
