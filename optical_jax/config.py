@@ -26,6 +26,7 @@ OPTIONAL_DEFAULTS = {
     "ot.lse_mode": True,            # False = kernel-domain Sinkhorn (faster; see losses.ot_alignment_loss)
     "ot.tau_student": 1.0,          # unbalanced OT: 1 = balanced student marginal
     "ot.tau_teacher": 1.0,          # unbalanced OT: 1 = balanced teacher marginal
+    "ot.plan_centering": False,     # solve the plan on sentence-mean-centred tokens (loss on the raw ones)
     "ot.tokens": "all",             # "all" | "content" (no special / prefix tokens in the OT problem)
     "ot.idf_power": 1.0,            # ot.marginals="idf": weight = IDF ** idf_power
     "loss.english_weight": 0.0,     # weight of the English-side term OT(teacher(en), student(en))
@@ -139,6 +140,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key in ("tau_student", "tau_teacher"):
     if not 0.0 < float(config.ot.get(key, 1.0)) <= 1.0:
       raise UserError(f"config: ot.{key} must be in (0, 1] (1 = balanced), got {config.ot[key]}")
+  if config.ot.get("plan_centering", False) and config.ot.grad != "envelope":
+    raise UserError("config: ot.plan_centering needs ot.grad='envelope'")
   if not config.ot.get("lse_mode", True) and config.ot.grad == "implicit":
     raise UserError("config: ot.lse_mode=False (kernel-domain Sinkhorn) needs ot.grad 'envelope' or 'unroll'")
   if config.student.get("dtype", "float32") not in DTYPES:

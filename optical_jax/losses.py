@@ -93,6 +93,14 @@ def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
   return jnp.where(pair_mask, 1.0 - cos, 0.0)
 
 
+def _center(x: Array, mask: Array) -> Array:
+  """x minus the mean of its real tokens (per sequence), in float32; pads untouched (cosine_cost zeroes them)."""
+  mask = _bool_mask(mask)
+  x = jnp.where(mask[..., None], x.astype(_compute_dtype(x)), 0.0)
+  count = jnp.maximum(jnp.sum(mask, axis=-1, keepdims=True), 1)[..., None]
+  return x - jnp.sum(x, axis=-2, keepdims=True) / count
+
+
 def _marginal(mask: Array, weights: Array | None, dtype: jnp.dtype) -> Array:
   """Probability vector over real tokens: uniform, or `weights` clipped at 0 and renormalised (uniform if all 0)."""
   real = mask.astype(dtype)
@@ -248,6 +256,7 @@ def ot_alignment_loss(
     lse_mode: bool = True,
     tau_student: float = 1.0,
     tau_teacher: float = 1.0,
+    plan_centering: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
   """OPTICAL token-alignment loss: mean over the batch of <P*, C> over real tokens.
 
@@ -275,6 +284,9 @@ def ot_alignment_loss(
     tau_student, tau_teacher: OTT's unbalanced-OT weights of the student (row) and teacher (column) marginals:
       1 = balanced (the marginal is a hard constraint), tau = rho / (rho + eps) < 1 relaxes it to a KL penalty of
       weight rho, so e.g. English function words without a counterpart need not receive their full mass.
+    plan_centering: solve the plan on token vectors centred by their sentence's mean over real tokens (each side
+      its own mean), then take <P, C> on the raw vectors. In an anisotropic space the shared direction dominates
+      the raw cosines (mE5: costs 0.07-0.36); centring lets the alignment follow content. Envelope gradient only.
 
   Returns:
     (loss, aux). aux holds batch means of "ot_cost" (<P, C>, no gradient), "marginal_error" (L1 error of the plan's
@@ -293,6 +305,8 @@ def ot_alignment_loss(
   for name, tau in (("ot.tau_student", tau_student), ("ot.tau_teacher", tau_teacher)):
     if not 0.0 < tau <= 1.0:
       raise UserError(f"{name} must be in (0, 1] (1 = balanced), got {tau!r}")
+  if plan_centering and grad != "envelope":
+    raise UserError("ot.plan_centering needs ot.grad='envelope' (the plan is solved on another cost than the loss)")
   if not lse_mode and grad == "implicit":
     raise UserError("ot.lse_mode=False (kernel-domain Sinkhorn) supports ot.grad 'envelope' and 'unroll', not "
                     "'implicit'")
@@ -311,11 +325,18 @@ def ot_alignment_loss(
   pair_mask = row_mask[:, :, None] & col_mask[:, None, :]
   a = jax.lax.stop_gradient(_marginal(row_mask, student_weights, cost.dtype))
   b = jax.lax.stop_gradient(_marginal(col_mask, teacher_weights, cost.dtype))
+  if plan_centering:
+    # The plan (a constant under the envelope gradient) is solved on mean-centred token vectors; the loss stays
+    # <P, C> on the raw ones, so it still carries the shift between the two languages' token clouds.
+    plan_cost = jax.lax.stop_gradient(cosine_cost(_center(student_tokens, student_mask), student_mask,
+                                                  _center(teacher_tokens, teacher_mask), teacher_mask))
+  else:
+    plan_cost = cost
 
   if relative_epsilon is None:
     eps = jnp.full(valid.shape, epsilon, cost.dtype)
   else:
-    scale = jax.vmap(lambda c, m: _cost_scale(c, m, relative_epsilon))(jax.lax.stop_gradient(cost), pair_mask)
+    scale = jax.vmap(lambda c, m: _cost_scale(c, m, relative_epsilon))(jax.lax.stop_gradient(plan_cost), pair_mask)
     eps = jnp.maximum(epsilon * scale, _MIN_EPSILON).astype(cost.dtype)
 
   if grad == "implicit":
@@ -327,7 +348,7 @@ def ot_alignment_loss(
     # Exact zero weights: pads get -inf potentials and exactly zero plan entries (OTT's logsumexp has a NaN-free
     # derivative for that case, so unrolling is exact too).
     solver_a, solver_b = a, b
-    solver_cost = jax.lax.stop_gradient(cost) if grad == "envelope" else cost
+    solver_cost = jax.lax.stop_gradient(plan_cost) if grad == "envelope" else cost
 
   solve = functools.partial(_sinkhorn_plan, iterations=iterations, threshold=threshold, grad=grad,
                             lse_mode=lse_mode, tau_a=float(tau_student), tau_b=float(tau_teacher))
@@ -354,6 +375,7 @@ def ot_options(ot_config: Any) -> dict[str, Any]:
       "lse_mode": bool(ot_config.get("lse_mode", True)),
       "tau_student": float(ot_config.get("tau_student", 1.0)),
       "tau_teacher": float(ot_config.get("tau_teacher", 1.0)),
+      "plan_centering": bool(ot_config.get("plan_centering", False)),
   }
 
 

@@ -291,6 +291,37 @@ def test_unbalanced_plan_matches_pot(tau_student, tau_teacher, lse_mode):
   assert aux["marginal_error"] > 1e-3
 
 
+def test_plan_centering_solves_on_centred_vectors_and_keeps_the_raw_cost():
+  """Plan from mean-centred tokens (numpy reference), loss <P, C> on the raw ones; an offset added to every token of
+  a sentence leaves the plan unchanged but not the loss."""
+  s, sm, t, tm = make_batch(6, student_lengths=[5, 3], teacher_lengths=[4, 6], ls=5, lt=6)
+  eps = 0.1
+  f = jit(jax.value_and_grad(lambda s, sm, t, tm: losses.ot_alignment_loss(
+      s, sm, t, tm, epsilon=eps, iterations=ITERATIONS, relative_epsilon="std", plan_centering=True)[0]))
+  loss, grad = f(s, sm, t, tm)
+  expected, expected_grad = [], np.zeros_like(s, np.float64)
+  for i in range(len(s)):
+    x, y = s[i][sm[i]].astype(np.float64), t[i][tm[i]].astype(np.float64)
+    centred = np_cost(x - x.mean(0), y - y.mean(0))
+    plan = np_plan(centred, np_marginal(None, sm[i]), np_marginal(None, tm[i]), eps * np.std(centred), ITERATIONS)
+    expected.append(np.sum(plan * np_cost(x, y)))
+    expected_grad[i][sm[i]] = np_envelope_grad(x, y, plan) / len(s)
+  np.testing.assert_allclose(float(loss), np.mean(expected), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), expected_grad, atol=1e-5)
+
+  shifted = s + np.where(sm[..., None], 2.0 * rng_vector(D), 0.0).astype(np.float32)
+  plan_of = jit(lambda s: losses.ot_alignment_loss(s, sm, t, tm, epsilon=eps, iterations=ITERATIONS,
+                                                   relative_epsilon="std", plan_centering=True)[1])
+  np.testing.assert_allclose(plan_of(shifted)["plan_entropy"], plan_of(s)["plan_entropy"], rtol=1e-5)
+  assert abs(float(f(shifted, sm, t, tm)[0]) - float(loss)) > 1e-3
+  with pytest.raises(UserError, match="plan_centering"):
+    losses.ot_alignment_loss(s, sm, t, tm, epsilon=eps, iterations=5, grad="unroll", plan_centering=True)
+
+
+def rng_vector(dim):
+  return np.random.default_rng(11).normal(size=dim)
+
+
 def test_implicit_and_unroll_gradients_agree_and_differ_from_envelope():
   unroll, implicit, envelope = (grad_mode_results(g)[2]["base"] for g in ("unroll", "implicit", "envelope"))
   np.testing.assert_allclose(implicit["gs"], unroll["gs"], atol=1e-5)
