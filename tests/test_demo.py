@@ -76,3 +76,18 @@ def test_target_check_and_ablation_table():
              "variants": {"optical": {"what": "w", "overrides": ["ot.epsilon=0.1"]}}}
   table = ablations.markdown(results)
   assert "| optical | w (`ot.epsilon=0.1`) | 0.900 | - | - | - |" in table and "x: why" in table
+
+
+def test_every_ablation_variant_is_a_valid_config(tmp_path):
+  from optical_jax.demo import configs_dir
+  names = [v.name for v in ablations.VARIANTS]
+  assert len(names) == len(set(names))
+  for variant in ablations.VARIANTS:
+    config = ablations.variant_config(configs_dir(), variant, tmp_path)
+    assert config.eval.system == variant.name
+    for override in variant.overrides:  # each override reached the config (a typo'd key would raise in load_config)
+      key, value = override.split("=", 1)
+      section, field = key.split(".")
+      got = config[section][field]
+      expected = type(got)(value) if isinstance(got, (int, float)) and not isinstance(got, bool) else value
+      assert got == expected or str(got) == value, (variant.name, override, got)
