@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from optical_jax import demo
@@ -91,3 +92,27 @@ def test_every_ablation_variant_is_a_valid_config(tmp_path):
       got = config[section][field]
       expected = type(got)(value) if isinstance(got, (int, float)) and not isinstance(got, bool) else value
       assert got == expected or str(got) == value, (variant.name, override, got)
+
+
+def test_paired_differences_are_recomputed_from_the_written_runs(tmp_path):
+  from optical_jax.retrieval import trec
+  qrels = {f"q{i}": {f"d{i}": 1} for i in range(4)}
+  trec.write_qrels(tmp_path / "bible_sw_en.qrels", qrels)
+  # optical finds every verse first; zero_shot second for q0, q1; mse_distill second for q3 only.
+  ranks = {"optical_maxsim": [1, 1, 1, 1], "zero_shot_maxsim": [2, 2, 1, 1], "mse_distill_maxsim": [1, 1, 1, 2]}
+  for system, rr in ranks.items():
+    run = {f"q{i}": ({f"d{i}": 2.0, "other": 1.0} if r == 1 else {"other": 2.0, f"d{i}": 1.0})
+           for i, r in enumerate(rr)}
+    trec.write_run(tmp_path / system / "bible_sw_en.run", run, system)
+  per = lambda v: {"bible_sw_en": {"mrr@10": v}}
+  systems = {"optical_maxsim": per(1.0), "zero_shot_maxsim": per(0.75), "mse_distill_maxsim": per(0.875)}
+  target = report.target_check(systems, tmp_path)
+  vs_mse = target["paired"]["vs_mse_distill"]
+  assert vs_mse["diff"] == pytest.approx(0.125) and (vs_mse["n"], vs_mse["wins"], vs_mse["losses"]) == (4, 1, 0)
+  assert vs_mse["se"] == pytest.approx(np.std([0, 0, 0, 0.5], ddof=1) / 2)
+  assert target["paired"]["vs_zero_shot"]["diff"] == pytest.approx(0.25)
+  assert "± 0.125 SE" in report._target_line(target)
+  results = {"systems": systems, "not_run": {}, "variants": {"optical": {"what": "w", "overrides": []}},
+             "paired": {"collection": "bible_sw_en", "metric": "mrr@10", "baseline": "mse_distill_maxsim",
+                        "systems": {"optical_maxsim": vs_mse}}}
+  assert "| +0.1250 ± 0.1250 |" in ablations.markdown(results)

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 
 COLLECTIONS = "bible_sw_en,bible_xref_sw_en"
+PAIRED = ("bible_sw_en", "mse_distill_maxsim")  # every variant against the MSE baseline, per query (MRR@10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,20 +86,26 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
     systems.append(evaluate.System(v.name, student, variant_configs[v.name].student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(out / "eval"))
   phases.end()
+  paired = {f"{name}_maxsim": report.paired_from_runs(out / "eval", PAIRED[0], f"{name}_maxsim", PAIRED[1])
+            for name in ["zero_shot"] + [v.name for v in variants] if f"{name}_maxsim" != PAIRED[1]}
   results = {"systems": summary["systems"], "collections": summary["collections"],
+             "paired": {"collection": PAIRED[0], "metric": report.TARGET_METRIC, "baseline": PAIRED[1],
+                        "systems": {k: v for k, v in paired.items() if v is not None}},
              "variants": {v.name: {"objective": v.objective, "overrides": list(v.overrides), "what": v.what,
                                    "final_loss": training[v.name].get("loss")} for v in variants},
              "not_run": NOT_RUN, "seconds": {k: round(s, 1) for k, s in phases.seconds.items()}}
   (out / "results.json").write_text(json.dumps(results, indent=2))
   (out / "results.md").write_text(markdown(results))
   print(markdown(results), flush=True)
-  del report
   return results
 
 
 def markdown(results: dict[str, Any]) -> str:
   metrics = (("bible_sw_en", "mrr@10"), ("bible_xref_sw_en", "ndcg@10"))
   header = ["variant", "what"] + [f"{c} {m} {s}" for c, m in metrics for s in ("maxsim", "pooled")]
+  paired = results.get("paired", {})
+  if paired:
+    header.append(f"{paired['collection']} {paired['metric']} maxsim − {paired['baseline']} (± SE)")
   lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
   names = [n for n in ("teacher_en", "zero_shot") if f"{n}_maxsim" in results["systems"]]
   rows = [(n, "baseline", "") for n in names] + [(n, v["what"], " ".join(v["overrides"]))
@@ -109,7 +116,13 @@ def markdown(results: dict[str, Any]) -> str:
       for s in ("maxsim", "pooled"):
         value = results["systems"].get(f"{name}_{s}", {}).get(c, {}).get(m)
         cells.append("-" if value is None else f"{value:.3f}")
+    if paired:
+      d = paired["systems"].get(f"{name}_maxsim")
+      cells.append("-" if d is None else f"{d['diff']:+.4f} ± {d['se']:.4f}")
     lines.append("| " + " | ".join([name, what + (f" (`{overrides}`)" if overrides else "")] + cells) + " |")
+  if paired:
+    lines += ["", f"Last column: the mean per-query difference to {paired['baseline']} on {paired['collection']} "
+              f"{paired['metric']}, with the standard error of that mean (queries paired), from the TREC runs."]
   if results["not_run"]:
     lines += ["", "Not run: " + "; ".join(f"{k}: {v}" for k, v in results["not_run"].items())]
   return "\n".join(lines)

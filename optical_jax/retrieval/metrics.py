@@ -102,3 +102,21 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
   mean = {s.name: (float(np.mean([pq[s.name] for pq in per_query.values()])) if per_query else float("nan"))
           for s in specs}
   return mean, per_query
+
+
+def paired_difference(per_query_a: Mapping[str, Mapping[str, float]], per_query_b: Mapping[str, Mapping[str, float]],
+                      metric: str) -> dict[str, float]:
+  """System a minus system b on one metric, paired by query: the mean difference and its standard error.
+
+  Two students evaluated on the same queries differ by far less than either metric's spread over queries, so the
+  unpaired means say little about which is better; the per-query differences do. Both must count the same queries
+  (`evaluate_run`'s per_query of one qrels).
+  """
+  if set(per_query_a) != set(per_query_b):
+    raise ValueError(f"paired_difference: the two systems count different queries "
+                     f"({len(per_query_a)} vs {len(per_query_b)})")
+  diffs = np.asarray([per_query_a[q][metric] - per_query_b[q][metric] for q in sorted(per_query_a)], np.float64)
+  n = len(diffs)
+  se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+  return {"diff": float(np.mean(diffs)) if n else float("nan"), "se": se, "n": n,
+          "wins": int(np.sum(diffs > 0)), "losses": int(np.sum(diffs < 0))}

@@ -8,6 +8,7 @@ import pytrec_eval
 from hypothesis import given, settings, strategies as st
 
 from optical_jax.errors import UserError
+from optical_jax.retrieval import metrics
 from optical_jax.retrieval.metrics import evaluate_run, parse_metric
 from optical_jax.retrieval.trec import rank_documents
 
@@ -138,3 +139,18 @@ def test_property_ideal_run_scores_one(qrels):
   for values in per_query.values():
     for v in values.values():
       assert v == pytest.approx(1.0)
+
+
+def test_paired_difference_against_a_hand_computed_example():
+  qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
+  run_a = {"q1": {"d1": 2.0, "x": 1.0}, "q2": {"x": 2.0, "d2": 1.0}, "q3": {"d3": 1.0}}   # RR 1, 1/2, 1
+  run_b = {"q1": {"x": 2.0, "d1": 1.0}, "q2": {"d2": 1.0}, "q3": {"x": 3.0, "y": 2.0, "d3": 1.0}}  # 1/2, 1, 1/3
+  _, per_a = metrics.evaluate_run(qrels, run_a, ["mrr@10"])
+  _, per_b = metrics.evaluate_run(qrels, run_b, ["mrr@10"])
+  diffs = np.array([0.5, -0.5, 2 / 3])
+  got = metrics.paired_difference(per_a, per_b, "mrr@10")
+  assert got["diff"] == pytest.approx(diffs.mean())
+  assert got["se"] == pytest.approx(diffs.std(ddof=1) / np.sqrt(3))
+  assert (got["n"], got["wins"], got["losses"]) == (3, 2, 1)
+  with pytest.raises(ValueError, match="different queries"):
+    metrics.paired_difference(per_a, {"q1": per_b["q1"]}, "mrr@10")
