@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -46,9 +47,13 @@ class Checkpointer:
         force=force)
 
   def restore(self, step: int, abstract_state: Any, shardings: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores into `abstract_state`'s structure, each array placed with the matching sharding."""
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          _as_tree(abstract_state), _as_tree(shardings))
+    """Restores into `abstract_state`'s structure, each array placed with the matching sharding.
+
+    A frozen subtree (optax.masked) leaves a MaskedNode in the optimizer state where the sharding tree has a
+    NamedSharding: it holds no array, so it is kept as it is rather than matched leaf for leaf.
+    """
+    target = jax.tree.map(lambda x, s: x if _is_masked(x) else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          _as_tree(abstract_state), _as_tree(shardings), is_leaf=_is_masked)
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = abstract_state.replace(**restored.state)
@@ -60,6 +65,10 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _is_masked(x: Any) -> bool:
+  return isinstance(x, optax.MaskedNode)
 
 
 def _as_tree(state: Any) -> dict[str, Any]:

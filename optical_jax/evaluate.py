@@ -342,48 +342,9 @@ def initial_student(config: ml_collections.ConfigDict, workdir):
 
 
 def load_student(workdir):
-  """export.load_student(workdir) -> (Encoder, step), also for students with a frozen word-embedding table.
-
-  Workaround: checkpointing.Checkpointer.restore maps shardings over the optimizer state with a plain tree map,
-  which fails on the optax.MaskedNode that freezing leaves in it ("pytree structure error"); until that is fixed
-  there, restore with a MaskedNode-aware target here.
-  """
+  """The newest checkpoint's student: (models.Encoder, step)."""
   from optical_jax import export
-  try:
-    return export.load_student(workdir)
-  except ValueError as e:
-    if "pytree structure" not in str(e):
-      raise
-  import optax
-  import orbax.checkpoint as ocp
-  from etils import epath
-  from optical_jax import checkpointing, models
-  from optical_jax import sharding as sharding_lib
-  from optical_jax import train_step as train_step_lib
-  from optical_jax.data import training_data
-  config = ml_collections.ConfigDict(json.loads((epath.Path(workdir) / "config.json").read_text()))
-  data = training_data.build(config, workdir)
-  model, _ = training_data.build_student(config, data)
-  mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
-  state, shardings = train_step_lib.create_train_state(model, train_step_lib.make_optimizer(config), config, mesh,
-                                                       jax.random.key(0))
-  masked = lambda x: isinstance(x, optax.MaskedNode)
-  tree = lambda st: {"step": st.step, "params": st.params, "opt_state": st.opt_state}
-  target = jax.tree.map(lambda x, s: x if masked(x) else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        tree(state), tree(shardings), is_leaf=masked)
-  checkpointer = checkpointing.Checkpointer(epath.Path(workdir) / "checkpoints", async_save=False)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise UserError(f"{workdir}/checkpoints: no checkpoint to evaluate")
-  restored = checkpointer._manager.restore(  # pylint: disable=protected-access
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  checkpointer.close()
-  tokenizer, extra = data.tokenizer, None
-  if config.student.init != "random":
-    source = models.from_pretrained(config.student.init)
-    tokenizer, extra = tokenizer or source.tokenizer, source.extra
-  params = jax.device_get(restored.state["params"])
-  return models.Encoder(module=model, params=params, tokenizer=tokenizer, config=model.config, extra=extra), step
+  return export.load_student(workdir)
 
 
 def baseline_systems(config: ml_collections.ConfigDict, teacher, workdir) -> list[System]:

@@ -57,6 +57,21 @@ def test_train_resume_and_export(tmp_path):
   assert torch.isfinite(hidden).all() and "embeddings.word_embeddings.weight" in weights
 
 
+def test_frozen_word_embeddings_resume_and_export(tmp_path):
+  # optax.masked leaves MaskedNodes in the optimizer state: restoring must keep them (it once crashed on resume).
+  args = ["--config.student.freeze_word_embeddings=True", "--config.train.checkpoint_every=4",
+          "--config.data.num_examples=256"]
+  wd = tmp_path / "run"
+  _train(wd, "--config.train.steps=4", *args)
+  before = _exported_weights(wd, tmp_path / "hf4")
+  out = _train(wd, "--config.train.steps=8", *args)
+  assert json.loads(out.stdout.strip().splitlines()[-1])["start_step"] == 4
+  after = _exported_weights(wd, tmp_path / "hf8")
+  key = "embeddings.word_embeddings.weight"
+  np.testing.assert_array_equal(before[key], after[key])  # frozen through the resume
+  assert not np.array_equal(before["embeddings.LayerNorm.bias"], after["embeddings.LayerNorm.bias"])
+
+
 def test_bad_config_exits_2(tmp_path):
   proc = _cli("train", "--config", "configs/tiny.py", "--workdir", str(tmp_path), "--config.train.nope=1", check=False)
   assert proc.returncode == 2 and "train.nope" in proc.stderr and "Traceback" not in proc.stderr
