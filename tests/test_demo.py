@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -116,3 +117,29 @@ def test_paired_differences_are_recomputed_from_the_written_runs(tmp_path):
              "paired": {"collection": "bible_sw_en", "metric": "mrr@10", "baseline": "mse_distill_maxsim",
                         "systems": {"optical_maxsim": vs_mse}}}
   assert "| +0.1250 ± 0.1250 |" in ablations.markdown(results)
+
+
+def test_ablations_reuse_the_demo_student_only_when_it_is_the_same_run(tmp_path):
+  import jax.numpy as jnp
+  from optical_jax import checkpointing
+  from optical_jax import config as config_lib
+  from optical_jax.demo import configs_dir
+  optical = next(v for v in ablations.VARIANTS if v.name == "optical")
+  config = ablations.variant_config(configs_dir(), optical, tmp_path)
+  train_dir = tmp_path / "train" / "optical"
+  train_dir.mkdir(parents=True)
+  demo_config = config_lib.load_config(str(configs_dir() / "demo_sw.py"))  # the demo's own eval section
+  demo_config.data.tfds_data_dir, demo_config.data.teacher_store = str(tmp_path / "tfds"), str(tmp_path / "teacher_store")
+  (train_dir / "config.json").write_text(config_lib.to_json(demo_config))
+  assert ablations.demo_student_dir(tmp_path, optical, config) is None  # no checkpoint yet
+
+  state = types.SimpleNamespace(step=jnp.asarray(0), params={"w": jnp.ones(2)}, opt_state={})
+  ckpt = checkpointing.Checkpointer(train_dir / "checkpoints", async_save=False)
+  ckpt.save(config.train.steps, state, {}, force=True)
+  ckpt.close()
+  assert ablations.demo_student_dir(tmp_path, optical, config) == train_dir
+  other = next(v for v in ablations.VARIANTS if v.overrides and v.objective == "optical")
+  assert ablations.demo_student_dir(tmp_path, other, ablations.variant_config(configs_dir(), other, tmp_path)) is None
+  demo_config.ot.epsilon = 0.02  # the demo was trained with another config
+  (train_dir / "config.json").write_text(config_lib.to_json(demo_config))
+  assert ablations.demo_student_dir(tmp_path, optical, config) is None

@@ -3,7 +3,9 @@ Swahili -> English verse translation and cross-reference retrieval (outside the 
 variant is one more training run, ~8 minutes on 2 CPU cores).
 
 Every variant is configs/demo_sw.py[:OBJECTIVE] plus overrides, trained on the same sampled pairs and batches as
-the demo's students (DIR/ablations/NAME); variants that change the teacher's input share a store of their own.
+the demo's students (DIR/ablations/NAME), with the demo's teacher store. A variant without overrides is the demo's
+own student: when `optical-jax demo` already trained it into DIR/train/OBJECTIVE, that run is evaluated again
+rather than repeated.
 Writes DIR/ablations/results.json ({"systems": {NAME_SCORER: {COLLECTION: {METRIC: value}}}, "variants": ...}),
 DIR/ablations/results.md, and the TREC runs and qrels under DIR/ablations/eval/.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from typing import Any
 
@@ -62,6 +65,28 @@ def variant_config(base_dir: pathlib.Path, variant: Variant, workdir: pathlib.Pa
   return config
 
 
+def demo_student_dir(workdir: pathlib.Path, variant: Variant, config: ml_collections.ConfigDict
+                     ) -> pathlib.Path | None:
+  """The demo's own student (DIR/train/OBJECTIVE) when this variant is exactly it and it is trained to the end."""
+  from optical_jax import checkpointing
+  from optical_jax import config as config_lib
+  path = workdir / "train" / variant.objective
+  if variant.overrides or not (path / "config.json").exists():
+    return None
+  without_eval = lambda d: {k: v for k, v in d.items() if k != "eval"}  # eval settings do not touch training
+  if without_eval(json.loads((path / "config.json").read_text())) != without_eval(json.loads(config_lib.to_json(config))):
+    return None
+  checkpointer = checkpointing.Checkpointer(path / "checkpoints", async_save=False)
+  step = checkpointer.latest_step()
+  checkpointer.close()
+  return path if step == config.train.steps else None
+
+
+def _final_loss(train_dir: pathlib.Path) -> float | None:
+  rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  return rows[-1].get("loss") if rows else None
+
+
 def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, phases,
         variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
   """Trains and evaluates every variant (resumable), then writes the ablation table."""
@@ -73,16 +98,21 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
   first = next(iter(variant_configs.values()))
   phases.start("teacher", "teacher token states (shared with the demo)")
   precompute.precompute_teacher(first, str(out / variants[0].name))
-  training = {}
+  train_dirs = {}
   for v in variants:
     phases.start(f"train_{v.name}", v.what)
-    training[v.name] = train.train(variant_configs[v.name], str(out / v.name))
+    train_dirs[v.name] = demo_student_dir(workdir, v, variant_configs[v.name])
+    if train_dirs[v.name] is not None:  # `make demo` trained this very student already: same config, same batches
+      print(f"the demo's {v.objective} student is this variant: reusing {train_dirs[v.name]}", flush=True)
+      continue
+    train_dirs[v.name] = out / v.name
+    train.train(variant_configs[v.name], str(train_dirs[v.name]))
   phases.start("evaluate", f"{len(variants)} variants on {COLLECTIONS}")
   collections = evaluate.load_collections(evaluate.eval_config(first))
   teacher = precompute.load_teacher(first)
   systems = evaluate.baseline_systems(first, teacher, str(out / variants[0].name))
   for v in variants:
-    student, _ = evaluate.load_student(str(out / v.name))
+    student, _ = evaluate.load_student(str(train_dirs[v.name]))
     systems.append(evaluate.System(v.name, student, variant_configs[v.name].student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(out / "eval"))
   phases.end()
@@ -92,7 +122,8 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
              "paired": {"collection": PAIRED[0], "metric": report.TARGET_METRIC, "baseline": PAIRED[1],
                         "systems": {k: v for k, v in paired.items() if v is not None}},
              "variants": {v.name: {"objective": v.objective, "overrides": list(v.overrides), "what": v.what,
-                                   "final_loss": training[v.name].get("loss")} for v in variants},
+                                   "final_loss": _final_loss(train_dirs[v.name]),
+                                   "train_dir": os.path.relpath(train_dirs[v.name], workdir)} for v in variants},
              "not_run": NOT_RUN, "seconds": {k: round(s, 1) for k, s in phases.seconds.items()}}
   (out / "results.json").write_text(json.dumps(results, indent=2))
   (out / "results.md").write_text(markdown(results))
