@@ -110,8 +110,16 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, config: ml_collections.ConfigDict
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  grad_fn = jax.value_and_grad(functools.partial(distillation_loss, model=model, config=config), has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, batch)
+  labels = _frozen_labels(state.params, bool(config.student.get("freeze_word_embeddings", False)))
+
+  def loss_fn(params, batch):
+    # Frozen leaves get no gradient at all. Otherwise the backward pass scatter-adds into a zero table the size of
+    # the vocabulary (250k x 384 for mE5) and checks it for non-finite values every step, only for the optimizer to
+    # discard it.
+    params = jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p, params, labels)
+    return distillation_loss(params, batch, model=model, config=config)
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)

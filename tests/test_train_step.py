@@ -86,6 +86,24 @@ def test_frozen_word_embeddings_do_not_move():
   assert any(v for k, v in moved.items() if "word_embeddings" not in k)
 
 
+def test_frozen_step_equals_full_gradient_then_mask():
+  """The step takes no gradient of the frozen table; the trained parameters move exactly as with the full gradient
+  masked by the optimizer (the reference below, on one device)."""
+  config, mesh, data, state, _, step = _setup((1, 1, 1), jax.devices()[:1],
+                                              ["student.freeze_word_embeddings=True", "student.num_layers=1"])
+  model, _ = training_data.build_student(config, data)
+  tx = ts.make_optimizer(config)
+  batch = data.load_rows(np.arange(config.train.batch_size))
+  params0, opt0 = jax.device_get(state.params), jax.device_get(state.opt_state)
+  grads = jax.grad(lambda p: ts.distillation_loss(p, batch, model=model, config=config)[0])(params0)
+  updates, _ = tx.update(grads, opt0, params0)
+  expected = optax.apply_updates(params0, updates)
+  with sharding.mesh_context(mesh):
+    state, _ = step(state, sharding.global_batch(batch, mesh))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(state.params),
+               expected)
+
+
 def test_length_bucket_cut_leaves_loss_and_update_unchanged():
   """Padding is exact: the step on a batch cut to its length bucket equals the step at full padding (OT with a
   relative epsilon, whose cost statistics must skip pads, plus the MSE term's mean pooling)."""
