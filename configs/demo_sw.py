@@ -25,7 +25,7 @@ Why these numbers (docs/results.md has the ablation table behind them):
   (0.003, 300 iterations; at 0.05 every Swahili token spreads over most English ones and OT falls below
   zero-shot); IDF marginals, so that rare content words carry the mass rather than "na", "ya", "the", "of";
   content tokens only (<s>, the "query: " pieces and </s> are identical on both sides and would match trivially).
-- lr 5e-5 for both students (docs/results.md also trains each at 1e-4).
+- lr 5e-5 for both students (the same for the baseline as for OT: only the objective differs).
 """
 import os
 
