@@ -25,18 +25,22 @@ def load_student(workdir: str):
   step = checkpointer.latest_step()
   if step is None:
     raise UserError(f"{workdir}/checkpoints: no checkpoint to export")
-  data = training_data.build(config, workdir)
-  model, _ = training_data.build_student(config, data)
+  if config.student.init == "random":
+    data = training_data.build(config, workdir)  # the tokenizer and dims come with the training data
+    model, _ = training_data.build_student(config, data)
+    tokenizer, extra = data.tokenizer, None
+  else:
+    # A pretrained student is its source directory's architecture, tokenizer, pooler and config fields (the student
+    # never trains the last two, and they travel with the export); the training data is not needed to load it.
+    source = models.from_pretrained(config.student.init, projection_dim=config.student.get("projection_dim", 0),
+                                    normalize=bool(config.student.get("normalize", False)),
+                                    dtype=config.student.get("dtype", "float32"))
+    model, tokenizer, extra = models.BertEncoder(source.config), source.tokenizer, source.extra
   tx = train_step_lib.make_optimizer(config)
   mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
   state, shardings = train_step_lib.create_train_state(model, tx, config, mesh, jax.random.key(0))
   state, _ = checkpointer.restore(step, state, shardings)
   checkpointer.close()
-  tokenizer, extra = data.tokenizer, None
-  if config.student.init != "random":
-    # The pretrained directory's pooler and config fields travel with the export (the student never trains them).
-    source = models.from_pretrained(config.student.init)
-    tokenizer, extra = tokenizer or source.tokenizer, source.extra
   params = jax.device_get(state.params)
   return models.Encoder(module=model, params=params, tokenizer=tokenizer, config=model.config, extra=extra), step
 
