@@ -143,3 +143,12 @@ def test_ablations_reuse_the_demo_student_only_when_it_is_the_same_run(tmp_path)
   demo_config.ot.epsilon = 0.02  # the demo was trained with another config
   (train_dir / "config.json").write_text(config_lib.to_json(demo_config))
   assert ablations.demo_student_dir(tmp_path, optical, config) is None
+
+
+def test_a_training_stopped_by_sigterm_stops_the_demo(capsys):
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(train=dict(steps=300)))
+  demo.stop_if_interrupted("optical", {"final_step": 300}, config)  # finished: goes on
+  with pytest.raises(SystemExit) as exit_info:
+    demo.stop_if_interrupted("optical", {"final_step": 120}, config)
+  assert exit_info.value.code == 0 and "stopped at step 120 of 300" in capsys.readouterr().out

@@ -131,6 +131,16 @@ def prepare_assets(setting: str) -> None:
   assets.ensure_installed(list(CORPUS_PACKAGES))
 
 
+def stop_if_interrupted(name: str, summary: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """A SIGTERM makes `train` save a checkpoint and return early: the demo then stops too (exit 0) rather than go on
+  to the next phase with a half-trained student. Rerunning the same command resumes from that checkpoint."""
+  done = summary.get("final_step", config.train.steps)
+  if done < config.train.steps:
+    print(f"\n{name}: stopped at step {done} of {config.train.steps} on request (checkpoint saved); run the same "
+          f"command again to resume", flush=True)
+    raise SystemExit(0)
+
+
 def train_students(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, phases: Phases
                    ) -> dict[str, dict[str, Any]]:
   from optical_jax import precompute, train
@@ -142,6 +152,7 @@ def train_students(configs: dict[str, ml_collections.ConfigDict], workdir: pathl
     phases.start(f"train_{name}", f"{name}: {config.train.steps} steps x batch {config.train.batch_size}")
     t0 = time.perf_counter()
     summary = train.train(config, str(workdir / "train" / name))
+    stop_if_interrupted(name, summary, config)
     summary["seconds"] = time.perf_counter() - t0
     summaries[name] = summary
   return summaries

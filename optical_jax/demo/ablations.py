@@ -89,7 +89,7 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
         variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
   """Trains and evaluates every variant (resumable), then writes the ablation table."""
   from optical_jax import evaluate, precompute, train
-  from optical_jax.demo import configs_dir, report
+  from optical_jax.demo import configs_dir, report, stop_if_interrupted
   del configs  # the variants are built from configs/demo_sw.py directly
   out = workdir / "ablations"
   variant_configs = {v.name: variant_config(configs_dir(), v, workdir) for v in variants}
@@ -104,7 +104,8 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
       print(f"the demo's {v.objective} student is this variant: reusing {train_dirs[v.name]}", flush=True)
       continue
     train_dirs[v.name] = out / v.name
-    train.train(variant_configs[v.name], str(train_dirs[v.name]))
+    summary = train.train(variant_configs[v.name], str(train_dirs[v.name]))
+    stop_if_interrupted(v.name, summary, variant_configs[v.name])
   phases.start("evaluate", f"{len(variants)} variants on {COLLECTIONS}")
   collections = evaluate.load_collections(evaluate.eval_config(first))
   teacher = precompute.load_teacher(first)
