@@ -341,12 +341,6 @@ def initial_student(config: ml_collections.ConfigDict, workdir):
   return models.Encoder(module=model, params=jax.device_get(state.params), tokenizer=tokenizer, config=model.config)
 
 
-def load_student(workdir):
-  """The newest checkpoint's student: (models.Encoder, step)."""
-  from optical_jax import export
-  return export.load_student(workdir)
-
-
 def baseline_systems(config: ml_collections.ConfigDict, teacher, workdir) -> list[System]:
   """eval.baselines: teacher_en (teacher, English queries), teacher_lr (teacher, low-resource queries), zero_shot."""
   out = []
@@ -375,7 +369,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool
   from optical_jax import precompute
   ev = eval_config(config)
   collections = load_collections(ev)
-  student, step = load_student(workdir)
+  from optical_jax import export
+  student, step = export.load_student(workdir)
   teacher = precompute.load_teacher(config)
   systems = baseline_systems(config, teacher, workdir) if baselines else []
   systems.append(System(system_name(config), student, config.student.get("prefix", "")))

@@ -159,7 +159,7 @@ def train_students(configs: dict[str, ml_collections.ConfigDict], workdir: pathl
 
 
 def evaluate_all(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path) -> dict[str, Any]:
-  from optical_jax import evaluate, precompute
+  from optical_jax import evaluate, export, precompute
   first = next(iter(configs.values()))
   ev = evaluate.eval_config(first)
   collections = evaluate.load_collections(ev)
@@ -167,7 +167,7 @@ def evaluate_all(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib
   systems = evaluate.baseline_systems(first, teacher, str(workdir / "train" / next(iter(configs))))
   steps = {}
   for name, config in configs.items():
-    student, steps[name] = evaluate.load_student(str(workdir / "train" / name))
+    student, steps[name] = export.load_student(str(workdir / "train" / name))
     systems.append(evaluate.System(name, student, config.student.get("prefix", "")))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(workdir / "eval"))
   summary["student_steps"] = steps

@@ -81,14 +81,15 @@ def demo_student_dir(workdir: pathlib.Path, variant: Variant, config: ml_collect
 
 
 def _final_loss(train_dir: pathlib.Path) -> float | None:
-  rows = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  from optical_jax import metrics as metrics_lib
+  rows = metrics_lib.read_metrics(train_dir)
   return rows[-1].get("loss") if rows else None
 
 
 def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, phases,
         variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
   """Trains and evaluates every variant (resumable), then writes the ablation table."""
-  from optical_jax import evaluate, precompute, train
+  from optical_jax import evaluate, export, precompute, train
   from optical_jax.demo import configs_dir, report, stop_if_interrupted
   del configs  # the variants are built from configs/demo_sw.py directly
   out = workdir / "ablations"
@@ -111,7 +112,7 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
   teacher = precompute.load_teacher(first)
   systems = evaluate.baseline_systems(first, teacher, str(out / variants[0].name))
   for v in variants:
-    student, _ = evaluate.load_student(str(train_dirs[v.name]))
+    student, _ = export.load_student(str(train_dirs[v.name]))
     systems.append(evaluate.System(v.name, student, variant_configs[v.name].student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(out / "eval"))
   phases.end()
