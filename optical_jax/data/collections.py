@@ -169,8 +169,9 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
           quran_path=None) -> list[EvalCollection]:
   """The named collections (see COLLECTION_NAMES; any `bible_[xref_]LANG_en` with LANG in LANGUAGE_CODES).
 
-  The Bible verse sample is drawn once over the verses non-empty in every requested language, so all Bible
-  collections share it.
+  The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
+  (LANGUAGE_CODES) and both English ones, whichever collections are requested: all Bible collections share it, and
+  `bible_sw_en` scores the same verses whether it is evaluated alone or beside `bible_bn_en`.
   """
   parsed = []
   for name in names:
@@ -183,10 +184,9 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
     else:
       raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
                       f"(or bible_[xref_]LANG_en with LANG in {', '.join(LANGUAGE_CODES)})")
-  languages = sorted({lang for kind, lang in parsed if kind != "quran"})
   sample = []
-  if languages:
-    codes = [LANGUAGE_CODES[lang] for lang in languages] + [doc_version, query_en_version]
+  if any(kind != "quran" for kind, _ in parsed):
+    codes = [LANGUAGE_CODES[lang] for lang in sorted(LANGUAGE_CODES)] + [doc_version, query_en_version]
     sample = sample_nt_verses(num_verses, codes=codes, seed=seed, db_path=bible_db)
   out = []
   for kind, lang in parsed:

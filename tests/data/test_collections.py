@@ -16,6 +16,8 @@ def _rows():
   rows = []
   for b, c, v in OT + NT:
     rows.append(("h", b, c, v, f"sw {b}.{c}.{v}"))
+    rows.append(("i", b, c, v, f"hi {b}.{c}.{v}"))
+    rows.append(("g", b, c, v, "" if (b, c, v) == (40, 1, 2) else f"tl {b}.{c}.{v}"))  # ULB: an empty verse
     rows.append(("b", b, c, v, "-" if (b, c, v) == (42, 3, 4) else f"bn {b}.{c}.{v}"))  # BCL merged verse
     rows.append(("4", b, c, v, f"web {b}.{c}.{v}"))
     rows.append(("3", b, c, v, "***" if (b, c, v) == (44, 1, 8) else f"bbe {b}.{c}.{v}"))
@@ -81,7 +83,12 @@ def test_topical_collection_uses_new_testament_links_without_self(db):
 def test_build_shares_one_sample_across_languages(db):
   cs = collections.build(["bible_sw_en", "bible_bn_en", "bible_xref_sw_en"], num_verses=0, bible_db=db)
   assert [c.name for c in cs] == ["bible_sw_en", "bible_bn_en", "bible_xref_sw_en"]
-  assert set(cs[0].queries) == set(cs[1].queries) == {"40.1.1", "40.1.2", "41.2.3", "43.3.16"}
+  # Non-empty in every supported language (42.3.4: no bn; 40.1.2: no tl) and both English versions (44.1.8: BBE).
+  assert set(cs[0].queries) == set(cs[1].queries) == {"40.1.1", "41.2.3", "43.3.16"}
+  # The sample does not depend on which collections are evaluated together.
+  alone = collections.build(["bible_sw_en"], num_verses=2, seed=1, bible_db=db)[0]
+  assert alone.queries == collections.build(["bible_bn_en", "bible_sw_en"], num_verses=2, seed=1,
+                                            bible_db=db)[1].queries
   assert cs[0].documents == cs[1].documents
   for docid, text in cs[2].documents.items():  # one docid -> one text in every collection
     assert cs[0].documents.get(docid, text) == text
