@@ -366,10 +366,9 @@ def run_evaluation(config: ml_collections.ConfigDict, collections, systems: Sequ
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool = True) -> dict[str, Any]:
   """`optical-jax evaluate`: the workdir's trained student (+ baselines) on the configured collections."""
-  from optical_jax import precompute
+  from optical_jax import export, precompute
   ev = eval_config(config)
   collections = load_collections(ev)
-  from optical_jax import export
   student, step = export.load_student(workdir)
   teacher = precompute.load_teacher(config)
   systems = baseline_systems(config, teacher, workdir) if baselines else []
