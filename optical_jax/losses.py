@@ -88,7 +88,8 @@ def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
   x = l2_normalize(jnp.where(x_mask[..., None], x.astype(dtype), 0.0))
   y = l2_normalize(jnp.where(y_mask[..., None], y.astype(dtype), 0.0))
   # Costs of an anisotropic encoder differ in the 2nd-3rd digit; TPU's default bf16 matmul passes would blur them.
-  cos = jnp.einsum("...id,...jd->...ij", x, y, precision=jax.lax.Precision.HIGHEST)
+  cos = jnp.swapaxes(jax.lax.optimization_barrier(
+      jnp.einsum("...jd,...id->...ji", y, x, precision=jax.lax.Precision.HIGHEST)), -1, -2)
   pair_mask = x_mask[..., :, None] & y_mask[..., None, :]
   return jnp.where(pair_mask, 1.0 - cos, 0.0)
 

@@ -62,8 +62,38 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   freeze = bool(config.student.get("freeze_word_embeddings", False))
   tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
                              functools.partial(_frozen_labels, freeze_word_embeddings=freeze))
-  # apply_if_finite drops a step whose gradients are not finite and keeps count of how many it dropped.
-  return optax.apply_if_finite(tx, max_consecutive_errors=train.get("max_consecutive_nonfinite", 10))
+  return skip_nonfinite(tx, max_consecutive_errors=train.get("max_consecutive_nonfinite", 10))
+
+
+def skip_nonfinite(inner: optax.GradientTransformation, max_consecutive_errors: int
+                   ) -> optax.GradientTransformation:
+  """`optax.apply_if_finite` (same state, same counters), with finiteness read off the gradient's global norm.
+
+  A step whose gradient holds an inf or NaN is dropped: zero update, inner state kept, `total_notfinite` counted;
+  after more than `max_consecutive_errors` in a row the update is applied anyway, as in optax. optax tests every
+  element (an is-finite pass and an all-reduction over each gradient, ~60 ms a step for mE5's 96 M-entry embedding
+  table on a 2-core CPU); the norm's sum of squares is already computed for clipping and for the `grad_norm`
+  metric (XLA merges the identical reductions) and is not finite exactly when some element is not, or when the
+  squares overflow float32 (a gradient norm above ~1e19, which clipping would turn into a zero update anyway).
+  """
+
+  def init(params):
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32), last_finite=jnp.array(True, jnp.bool_),
+        total_notfinite=jnp.zeros([], jnp.int32), inner_state=inner.init(params))
+
+  def update(updates, state, params=None):
+    finite = jnp.isfinite(optax.tree.norm(updates))
+    notfinite_count = jnp.where(finite, 0, optax.safe_increment(state.notfinite_count))
+    updates, inner_state = jax.lax.cond(
+        finite | (notfinite_count > max_consecutive_errors),
+        lambda: inner.update(updates, state.inner_state, params),
+        lambda: (optax.tree.zeros_like(updates), state.inner_state))
+    total_notfinite = jnp.where(finite, state.total_notfinite, optax.safe_increment(state.total_notfinite))
+    return updates, optax.ApplyIfFiniteState(notfinite_count=notfinite_count, last_finite=finite,
+                                             total_notfinite=total_notfinite, inner_state=inner_state)
+
+  return optax.GradientTransformation(init, update)
 
 
 def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,

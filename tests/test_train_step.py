@@ -73,6 +73,24 @@ def test_nonfinite_step_is_skipped_and_counted():
   jax.tree.map(np.testing.assert_array_equal, before, after)
 
 
+@pytest.mark.parametrize("max_errors", [0, 2])
+def test_skip_nonfinite_matches_optax_apply_if_finite(max_errors):
+  inner = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.1, weight_decay=0.01))
+  ours, reference = ts.skip_nonfinite(inner, max_errors), optax.apply_if_finite(inner, max_errors)
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  ours_state, ref_state = ours.init(params), reference.init(params)
+  # finite, inf, NaN, NaN, NaN (past max_errors: applied anyway), finite, huge-but-finite (no overflow), finite
+  for bad in (None, np.inf, np.nan, np.nan, np.nan, None, 1e15, None):
+    grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.linspace(-1.0, 1.0, 3)}
+    if bad is not None:
+      grads["w"] = grads["w"].at[1, 2].set(bad)
+    ours_update, ours_state = jax.jit(ours.update)(grads, ours_state, params)
+    ref_update, ref_state = jax.jit(reference.update)(grads, ref_state, params)
+    jax.tree.map(np.testing.assert_array_equal, (ours_update, ours_state), (ref_update, ref_state))
+    params = optax.apply_updates(params, ours_update)
+  assert int(ours_state.total_notfinite) == 4
+
+
 def test_frozen_word_embeddings_do_not_move():
   config, mesh, data, state, _, step = _setup((8, 1, 1), overrides=["student.freeze_word_embeddings=True"])
   before = jax.device_get(state.params)

@@ -33,6 +33,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Large but finite: a fully padded row then softmaxes to uniform instead of NaN, and adding it to any
 # realistic logit cannot overflow to -inf.
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min) / 2
+_INV_SQRT2 = 0.7071067811865476
 
 _partitioned = nn.with_logical_partitioning
 _normal = nn.initializers.normal(stddev=0.02)  # BERT's initializer_range
@@ -151,6 +152,15 @@ def _layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
       bias_init=_partitioned(nn.initializers.zeros_init(), ("embed",)))
 
 
+def exact_gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU in the form of transformers' PyTorch `GELUActivation`: 0.5 x (1 + erf(x / sqrt 2)).
+
+  Same function as `jax.nn.gelu(x, approximate=False)`, which is written with erfc; XLA:CPU lowers erfc to a
+  branchy polynomial that made the activation ~1.6x slower ([32, 32, 1536] forward: 1.05 vs 0.64 ms).
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * _INV_SQRT2).astype(x.dtype))
+
+
 def _dense(features: int, names: tuple[str | None, str | None], dtype, name: str) -> nn.Dense:
   return nn.Dense(
       features, dtype=dtype, param_dtype=jnp.float32, name=name,
@@ -192,7 +202,7 @@ class TransformerLayer(nn.Module):
 
     h = _dense(cfg.intermediate_size, ("embed", "mlp"), dtype, "mlp_in")(x)
     h = _constrain(h, "act_mlp")
-    h = jax.nn.gelu(h, approximate=False)
+    h = exact_gelu(h)
     h = _dense(hidden, ("mlp", "embed"), dtype, "mlp_out")(h)
     x = _layer_norm(cfg, "mlp_norm")(x.astype(jnp.float32) + h.astype(jnp.float32)).astype(dtype)
     return _constrain(x, "act_embed")
