@@ -112,26 +112,33 @@ class TorchPeer:
             "teacher_tokens": self.batch["teacher_tokens"].numpy(),
             "teacher_mask": self.batch["teacher_mask"].numpy().astype(np.int32)}
 
-  def run_ot(self, variant: str, inputs: dict[str, np.ndarray], threads: int | None = None) -> list[float]:
-    """One forward + backward of a POT loss on `inputs`; returns that duration, keeps the forward one apart."""
+  def run_ot(self, variant: str, inputs: dict[str, np.ndarray], threads: int | None = None, n: int = 1,
+             warmup: int = 0) -> list[float]:
+    """`warmup` untimed, then n timed forward + backward passes of a POT loss on `inputs`, back to back; returns
+    the n durations and keeps their forward parts apart."""
     torch = self.torch
     threads = threads or self.default_threads
     torch.set_num_threads(threads)
+    durations, forwards = [], []
     try:
-      tokens = torch.from_numpy(inputs["student_tokens"]).clone().requires_grad_(True)
       masks = {k: torch.from_numpy(inputs[k]).long() for k in ("student_mask", "teacher_mask")}
       teacher = torch.from_numpy(inputs["teacher_tokens"])
-      start = time.perf_counter()
-      loss = self.ref.OT_LOSSES[variant](tokens, masks["student_mask"], teacher, masks["teacher_mask"],
-                                         epsilon=self.cfg.epsilon, iterations=self.cfg.iterations)
-      mid = time.perf_counter()
-      loss.backward()
-      end = time.perf_counter()
+      for i in range(warmup + n):
+        tokens = torch.from_numpy(inputs["student_tokens"]).clone().requires_grad_(True)
+        start = time.perf_counter()
+        loss = self.ref.OT_LOSSES[variant](tokens, masks["student_mask"], teacher, masks["teacher_mask"],
+                                           epsilon=self.cfg.epsilon, iterations=self.cfg.iterations)
+        mid = time.perf_counter()
+        loss.backward()
+        end = time.perf_counter()
+        if i >= warmup:
+          durations.append(end - start)
+          forwards.append(mid - start)
     finally:
       torch.set_num_threads(self.default_threads)
     self.ot_losses[variant] = float(loss.detach())  # same inputs every call: the value does not change
-    self.ot_fwd.setdefault(f"{variant}@{threads}", []).append(mid - start)
-    return [end - start]
+    self.ot_fwd.setdefault(f"{variant}@{threads}", []).extend(forwards)
+    return durations
 
   def describe(self) -> dict[str, Any]:
     import dataclasses  # pylint: disable=import-outside-toplevel

@@ -24,7 +24,8 @@ def format_report(r: dict[str, Any]) -> str:
       f"B={c['batch']} Ls={c['student_len']} Lt={c['teacher_len']} D={c['teacher_dim']}, "
       f"{c['ot']['iterations']} Sinkhorn it, {c['dtype']}; {env['backend']} x{env['num_devices']} "
       f"({env['device_kind']}{'' if env['num_processes'] == 1 else ', ' + str(env['num_processes']) + ' processes'}), "
-      f"jax {env['jax']}, load {env['load_average_start']} -> {env['load_average_end']}",
+      f"jax {env['jax']}, load {env['load_average_start']} -> {env['load_average_end']}"
+      + (f"; host CPU: {env['cpu_model']}" if env.get("cpu_model") else ""),
       f"  compile       train step: trace+lower {r['compile']['train_step']['ot']['trace_lower_s']:.1f} s, "
       f"XLA {r['compile']['train_step']['ot']['xla_compile_s']:.1f} s",
       f"  step          median {_fmt_s(r['step_time_median_s'])}, p90 {_fmt_s(r['step_time_p90_s'])} "

@@ -19,7 +19,9 @@ BENCH_DEFAULTS = dict(
     max_rounds=10,         # timed steps are split into at most this many interleaved rounds
     num_batches=4,         # distinct synthetic batches cycled through (same shapes: no recompilation)
     min_real_frac=0.5,     # real lengths are uniform in [ceil(frac * L), L] (benchmarks/torch_reference's rule)
-    ot_repeats=5,          # timed calls of each OT-only loss
+    ot_repeats=5,          # rounds of OT-only timings
+    ot_calls_per_round=5,  # timed back-to-back calls of each OT-only loss per round (the per-pair POT loop: 1)
+    ot_warmup_calls=1,     # untimed calls of an OT-only loss right before its timed ones (hot, as inside a step)
     loop_repeats=1,        # timed calls of the per-pair POT loop (--compare)
     torch_threads=(0, 1),  # torch thread counts the reference runs at (0 = its default); ratios use the fastest
     sweep_batch=(8, 16, 32),           # --sweep: global batch sizes
@@ -48,6 +50,8 @@ def bench_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   if settings.warmup_steps < 0 or settings.num_batches < 1 or settings.max_rounds < 1 or settings.ot_repeats < 1:
     raise UserError("config: bench.warmup_steps must be >= 0 and bench.num_batches, bench.max_rounds, "
                     "bench.ot_repeats >= 1")
+  if settings.ot_warmup_calls < 0 or settings.ot_calls_per_round < 1:
+    raise UserError("config: bench.ot_warmup_calls must be >= 0 and bench.ot_calls_per_round >= 1")
   if settings.loop_repeats < 1 or not settings.torch_threads or min(settings.torch_threads) < 0:
     raise UserError("config: bench.loop_repeats must be >= 1 and bench.torch_threads a non-empty list of thread "
                     "counts >= 0 (0 = torch's default)")

@@ -93,8 +93,10 @@ def interleave(tasks: dict[str, Callable[[], list[float]]], rounds: int,
   return out
 
 
-def timed_calls(fn: Callable[[], Any], n: int = 1) -> list[float]:
-  """n synchronous calls of fn (its result is blocked on), one duration each."""
+def timed_calls(fn: Callable[[], Any], n: int = 1, warmup: int = 0) -> list[float]:
+  """`warmup` untimed, then n timed synchronous calls of fn (its result is blocked on), one duration each."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
   times = []
   for _ in range(n):
     start = time.perf_counter()
@@ -118,6 +120,19 @@ def load_average() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()]
   except OSError:
     return None
+
+
+def cpu_model() -> str | None:
+  """The host CPU's model name (Linux /proc/cpuinfo; None elsewhere). The same VM type has moved between CPU
+  vendors under us, and XLA:CPU's and torch's kernels do not speed up or slow down alike across them."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return None
 
 
 def host_peak_rss_bytes() -> int:

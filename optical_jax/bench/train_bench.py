@@ -219,11 +219,11 @@ class OtLossBench:
   def loss_value(self) -> float:
     return float(self.fwd(*self.args))
 
-  def time_fwd(self) -> list[float]:
-    return timing.timed_calls(lambda: self.fwd(*self.args))
+  def time_fwd(self, n: int = 1, warmup: int = 0) -> list[float]:
+    return timing.timed_calls(lambda: self.fwd(*self.args), n, warmup)
 
-  def time_fwd_bwd(self) -> list[float]:
-    return timing.timed_calls(lambda: self.fwd_bwd(*self.args))
+  def time_fwd_bwd(self, n: int = 1, warmup: int = 0) -> list[float]:
+    return timing.timed_calls(lambda: self.fwd_bwd(*self.args), n, warmup)
 
   def cache_sizes(self) -> dict[str, int]:
     return {"ot_fwd": self.fwd._cache_size(), "ot_fwd_bwd": self.fwd_bwd._cache_size()}  # pylint: disable=protected-access
