@@ -74,14 +74,18 @@ def test_nonfinite_step_is_skipped_and_counted():
 
 
 @pytest.mark.parametrize("max_errors", [0, 2])
-def test_skip_nonfinite_matches_optax_apply_if_finite(max_errors):
-  inner = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.1, weight_decay=0.01))
-  ours, reference = ts.skip_nonfinite(inner, max_errors), optax.apply_if_finite(inner, max_errors)
+def test_clip_and_skip_nonfinite_matches_optax(max_errors):
+  adamw = optax.adamw(0.1, weight_decay=0.01)
+  ours = ts.clip_and_skip_nonfinite(optax.chain(optax.identity(), adamw), clip_norm=1.0,
+                                    max_consecutive_errors=max_errors)
+  reference = optax.apply_if_finite(optax.chain(optax.clip_by_global_norm(1.0), adamw), max_errors)
   params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
   ours_state, ref_state = ours.init(params), reference.init(params)
-  # finite, inf, NaN, NaN, NaN (past max_errors: applied anyway), finite, huge-but-finite (no overflow), finite
-  for bad in (None, np.inf, np.nan, np.nan, np.nan, None, 1e15, None):
-    grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.linspace(-1.0, 1.0, 3)}
+  # finite and clipped, inf, NaN, NaN, NaN (past max_errors: applied anyway), finite below the clip, huge-but-finite
+  # (no overflow), finite
+  for scale, bad in ((1.0, None), (1.0, np.inf), (1.0, np.nan), (1.0, np.nan), (1.0, np.nan), (0.1, None),
+                     (1.0, 1e15), (1.0, None)):
+    grads = {"w": jnp.full((2, 3), 0.5 * scale), "b": jnp.linspace(-1.0, 1.0, 3) * scale}
     if bad is not None:
       grads["w"] = grads["w"].at[1, 2].set(bad)
     ours_update, ours_state = jax.jit(ours.update)(grads, ours_state, params)
