@@ -86,10 +86,19 @@ def cosine_cost(x: Array, x_mask: Array, y: Array, y_mask: Array) -> Array:
   x_mask, y_mask = _bool_mask(x_mask), _bool_mask(y_mask)
   dtype = _compute_dtype(x, y)
   x = l2_normalize(jnp.where(x_mask[..., None], x.astype(dtype), 0.0))
-  y = l2_normalize(jnp.where(y_mask[..., None], y.astype(dtype), 0.0))
+  y = jnp.where(y_mask[..., None], y.astype(dtype), 0.0)
+  # y's norms scale the product's columns (the same function as normalising y first, as l2_normalize would) without
+  # writing and reading back a normalised copy of the teacher's [Lt, D] tokens.
+  y_inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(y), axis=-1), _NORM_FLOOR**2))
   # Costs of an anisotropic encoder differ in the 2nd-3rd digit; TPU's default bf16 matmul passes would blur them.
-  cos = jnp.swapaxes(jax.lax.optimization_barrier(
-      jnp.einsum("...jd,...id->...ji", y, x, precision=jax.lax.Precision.HIGHEST)), -1, -2)
+  product = functools.partial(jnp.einsum, precision=jax.lax.Precision.HIGHEST)
+  if y.shape[-2] > x.shape[-2]:
+    # XLA:CPU's batched matmul is ~1.5x faster with the longer side as rows ([32, 32 | 128, 384]: 1.0 vs 1.5 ms);
+    # the barrier keeps XLA from folding the transpose back into the dot.
+    dots = jnp.swapaxes(jax.lax.optimization_barrier(product("...jd,...id->...ji", y, x)), -1, -2)
+  else:
+    dots = product("...id,...jd->...ij", x, y)
+  cos = dots * y_inv_norm[..., None, :]
   pair_mask = x_mask[..., :, None] & y_mask[..., None, :]
   return jnp.where(pair_mask, 1.0 - cos, 0.0)
 

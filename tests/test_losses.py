@@ -151,14 +151,21 @@ def grad_mode_results(grad):
 # tests
 
 
-def test_cosine_cost_matches_numpy_and_zeroes_pads():
-  s, sm, t, tm = make_batch(0, [3, 2], [4, 1], 4, 5)
+@pytest.mark.parametrize("ls, lt", [(4, 5), (5, 4)], ids=["teacher_longer", "student_longer"])
+def test_cosine_cost_matches_numpy_and_zeroes_pads(ls, lt):
+  # Both shape orders: the product is laid out differently when the teacher side is the longer one.
+  s, sm, t, tm = make_batch(0, [3, 2], [4, 1], ls, lt)
+  s[0, -1], t[1, -1] = np.nan, np.inf  # pads
   cost = np.asarray(jit(losses.cosine_cost)(s, sm, t, tm))
   for i in range(2):
     np.testing.assert_allclose(cost[i][np.ix_(sm[i], tm[i])], np_cost(s[i][sm[i]], t[i][tm[i]]), atol=1e-6)
     assert np.all(cost[i][~sm[i]] == 0) and np.all(cost[i][:, ~tm[i]] == 0)
   unbatched = jit(losses.cosine_cost)(s[0], sm[0], t[0], tm[0].astype(np.float32))
   np.testing.assert_allclose(np.asarray(unbatched), cost[0], atol=1e-7)
+  weights = np.random.default_rng(1).normal(size=cost.shape).astype(np.float32)
+  gs, gt = jit(jax.grad(lambda a, b: jnp.sum(weights * losses.cosine_cost(a, sm, b, tm)), argnums=(0, 1)))(s, t)
+  assert np.all(np.isfinite(gs)) and np.all(np.isfinite(gt))
+  assert np.all(np.asarray(gs)[~sm] == 0) and np.all(np.asarray(gt)[~tm] == 0)
 
 
 @pytest.mark.parametrize("lse_mode", [True, False], ids=["log", "kernel"])
