@@ -253,25 +253,35 @@ def _summary(times: list[float]) -> dict[str, float]:
   return {"median_s": statistics.median(times), "p90_s": float(np.percentile(times, 90)), "n": len(times)}
 
 
-def time_ot_loss(cfg: ReferenceConfig, variant: str, *, repeats: int, warmup: int = 1) -> dict[str, float]:
-  """Forward and forward+backward time of one OT loss on the step's shapes (student tokens are random leaves)."""
-  batch = synthetic_batch(cfg)
-  g = torch.Generator().manual_seed(cfg.seed + 1)
-  student = torch.randn(cfg.batch, cfg.student_len, cfg.output_dim, generator=g)
+def ot_loss_timings(variant: str, student: torch.Tensor, student_mask: torch.Tensor, teacher: torch.Tensor,
+                    teacher_mask: torch.Tensor, *, epsilon: float, iterations: int, calls: int, warmup: int = 0
+                    ) -> tuple[list[float], list[float], float]:
+  """`warmup` untimed, then `calls` timed forward + backward passes of an OT loss, back to back, each on a fresh
+  leaf copy of `student`: (forward times, forward + backward times, loss value)."""
   fwd, fwd_bwd = [], []
-  for i in range(warmup + repeats):
+  for i in range(warmup + calls):
     tokens = student.clone().requires_grad_(True)
     start = time.perf_counter()
-    loss = OT_LOSSES[variant](tokens, batch["attention_mask"], batch["teacher_tokens"], batch["teacher_mask"],
-                              epsilon=cfg.epsilon, iterations=cfg.iterations)
+    loss = OT_LOSSES[variant](tokens, student_mask, teacher, teacher_mask, epsilon=epsilon, iterations=iterations)
     mid = time.perf_counter()
     loss.backward()
     end = time.perf_counter()
     if i >= warmup:
       fwd.append(mid - start)
       fwd_bwd.append(end - start)
+  return fwd, fwd_bwd, loss.item()
+
+
+def time_ot_loss(cfg: ReferenceConfig, variant: str, *, repeats: int, warmup: int = 1) -> dict[str, float]:
+  """Forward and forward+backward time of one OT loss on the step's shapes (student tokens are random leaves)."""
+  batch = synthetic_batch(cfg)
+  g = torch.Generator().manual_seed(cfg.seed + 1)
+  student = torch.randn(cfg.batch, cfg.student_len, cfg.output_dim, generator=g)
+  fwd, fwd_bwd, loss = ot_loss_timings(variant, student, batch["attention_mask"], batch["teacher_tokens"],
+                                       batch["teacher_mask"], epsilon=cfg.epsilon, iterations=cfg.iterations,
+                                       calls=repeats, warmup=warmup)
   return {"fwd_median_s": statistics.median(fwd), "fwd_bwd_median_s": statistics.median(fwd_bwd),
-          "fwd_bwd_p90_s": float(np.percentile(fwd_bwd, 90)), "repeats": repeats, "loss": loss.item()}
+          "fwd_bwd_p90_s": float(np.percentile(fwd_bwd, 90)), "repeats": repeats, "loss": loss}
 
 
 def time_reference(cfg: ReferenceConfig, *, steps: int, warmup: int, ot_repeats: int | None = None,

@@ -119,24 +119,15 @@ class TorchPeer:
     torch = self.torch
     threads = threads or self.default_threads
     torch.set_num_threads(threads)
-    durations, forwards = [], []
     try:
       masks = {k: torch.from_numpy(inputs[k]).long() for k in ("student_mask", "teacher_mask")}
-      teacher = torch.from_numpy(inputs["teacher_tokens"])
-      for i in range(warmup + n):
-        tokens = torch.from_numpy(inputs["student_tokens"]).clone().requires_grad_(True)
-        start = time.perf_counter()
-        loss = self.ref.OT_LOSSES[variant](tokens, masks["student_mask"], teacher, masks["teacher_mask"],
-                                           epsilon=self.cfg.epsilon, iterations=self.cfg.iterations)
-        mid = time.perf_counter()
-        loss.backward()
-        end = time.perf_counter()
-        if i >= warmup:
-          durations.append(end - start)
-          forwards.append(mid - start)
+      forwards, durations, loss = self.ref.ot_loss_timings(
+          variant, torch.from_numpy(inputs["student_tokens"]), masks["student_mask"],
+          torch.from_numpy(inputs["teacher_tokens"]), masks["teacher_mask"], epsilon=self.cfg.epsilon,
+          iterations=self.cfg.iterations, calls=n, warmup=warmup)
     finally:
       torch.set_num_threads(self.default_threads)
-    self.ot_losses[variant] = float(loss.detach())  # same inputs every call: the value does not change
+    self.ot_losses[variant] = loss  # same inputs every call: the value does not change
     self.ot_fwd.setdefault(f"{variant}@{threads}", []).extend(forwards)
     return durations
 
