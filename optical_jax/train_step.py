@@ -80,7 +80,7 @@ def clip_and_skip_nonfinite(inner: optax.GradientTransformation, *, clip_norm: f
   inner state kept, `total_notfinite` counted) until more than `max_consecutive_errors` come in a row; the others
   are clipped to global norm `clip_norm` (0: no clipping) and passed to `inner`. optax reduces the gradient three
   times for this: an is-finite pass with an all-reduction, and the clip's norm inside the `lax.cond`, where it
-  cannot be shared (~100 ms a step for mE5's 96 M-entry embedding table on a 2-core CPU). Here the norm is taken
+  cannot be shared (~90 ms a step for mE5's 96 M-entry embedding table on a 2-core CPU). Here the norm is taken
   once, outside the cond, and is also what the step's `grad_norm` metric computes (XLA merges the two). It is not
   finite exactly when some element is not, or when the squares overflow float32: a gradient norm above ~1e19,
   which clipping would turn into a zero update anyway.

@@ -22,7 +22,7 @@ BENCH_DEFAULTS = dict(
     ot_repeats=5,          # rounds of OT-only timings
     ot_calls_per_round=5,  # timed back-to-back calls of each OT-only loss per round (the per-pair POT loop: 1)
     ot_warmup_calls=1,     # untimed calls of an OT-only loss right before its timed ones (hot, as inside a step)
-    loop_repeats=1,        # timed calls of the per-pair POT loop (--compare)
+    loop_repeats=1,        # rounds that time the per-pair POT loop, one call each (--compare)
     torch_threads=(0, 1),  # torch thread counts the reference runs at (0 = its default); ratios use the fastest
     sweep_batch=(8, 16, 32),           # --sweep: global batch sizes
     sweep_student_len=(16, 32),        # --sweep: student lengths
