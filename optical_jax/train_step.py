@@ -61,10 +61,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       optax.adamw(learning_rate_schedule(train), b1=0.9, b2=0.999, eps=1e-8,
                   weight_decay=train.weight_decay, mask=_decay_mask),
   )
-  freeze = bool(config.student.get("freeze_word_embeddings", False))
-  tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
-                             functools.partial(_frozen_labels, freeze_word_embeddings=freeze))
-  trained = lambda tree: jax.tree.map(lambda label: label == "trained", _frozen_labels(tree, freeze))
+  labels = functools.partial(_frozen_labels,
+                             freeze_word_embeddings=bool(config.student.get("freeze_word_embeddings", False)))
+  tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
+  trained = lambda tree: jax.tree.map(lambda label: label == "trained", labels(tree))
   return clip_and_skip_nonfinite(tx, clip_norm=train.clip_norm, clip_mask=trained,
                                  max_consecutive_errors=train.get("max_consecutive_nonfinite", 10))
 

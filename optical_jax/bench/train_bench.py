@@ -174,7 +174,7 @@ class TrainStepBench:
     return durations
 
   def _read(self, variant: str, metrics: dict[str, jax.Array]) -> None:
-    # One execution's outputs complete together; param_norm depends on the updated parameters.
+    # One execution's outputs complete together: ready metrics mean the updated state is ready too.
     jax.block_until_ready(metrics)
     self.losses[variant].append(float(metrics["loss"]))
 
