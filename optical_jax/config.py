@@ -1,10 +1,13 @@
 """Config files (ml_collections `get_config(arg)`), `--config.a.b=v` overrides, and validation.
 
-Every user mistake here is a `UserError` with one line naming the field, which the CLI turns into exit code 2.
+A file and an override get the same checks, against the one table of keys in config_schema.py: an unknown or
+misspelt key, a wrong type or a value outside its choices is a `UserError` with one line naming the file (or the
+override) and the field, which the CLI turns into exit code 2. Keys a file leaves out get the schema's defaults.
 """
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import json
 import os
@@ -12,30 +15,12 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from optical_jax.config_schema import REQUIRED, SCHEMA, SECTIONS
 from optical_jax.errors import UserError
-
-OT_GRADS = ("envelope", "implicit", "unroll")
-OT_MARGINALS = ("uniform", "idf")
-DTYPES = ("float32", "bfloat16")
-MODEL_TYPES = ("bert", "xlm-roberta")
-
-# Keys a config file may leave out: `load_config` fills them in (so `--config.KEY=...` overrides work on every
-# config) and the code reads them with the same defaults. Only added where the parent section exists.
-OPTIONAL_DEFAULTS = {
-    "ot.relative_epsilon": "",      # "" = absolute epsilon; "std" | "mean" = epsilon x that statistic of each C
-    "ot.lse_mode": True,            # False = kernel-domain Sinkhorn (faster; see losses.ot_alignment_loss)
-    "ot.tau_student": 1.0,          # unbalanced OT: 1 = balanced student marginal
-    "ot.tau_teacher": 1.0,          # unbalanced OT: 1 = balanced teacher marginal
-    "ot.plan_centering": False,     # solve the plan on sentence-mean-centred tokens (loss on the raw ones)
-    "ot.tokens": "all",             # "all" | "content" (no special / prefix tokens in the OT problem)
-    "ot.idf_power": 1.0,            # ot.marginals="idf": weight = IDF ** idf_power
-    "loss.english_weight": 0.0,     # weight of the English-side term OT(teacher(en), student(en))
-    "train.stop_vote_every": 1,     # multi-host: steps between the all-process stop votes (SIGTERM, lost peer)
-}
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:ARG]` by calling its `get_config(ARG)`."""
+  """Loads `path/to/config.py[:ARG]` by calling its `get_config(ARG)`; no checks yet."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"--config: no such config file: {path}")
@@ -47,10 +32,80 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     raise UserError(f"{path}: cannot load config: {type(e).__name__}: {e}") from e
   if not hasattr(module, "get_config"):
     raise UserError(f"{path}: config files must define get_config(arg=None)")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"{path}: get_config({arg!r}): {type(e).__name__}: {e}") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f"{path}: get_config() must return an ml_collections.ConfigDict")
   return config
+
+
+def _unknown(key: str) -> str:
+  close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.75)
+  return f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def coerce(key: str, value: Any) -> Any:
+  """`value` as key's type (ints widen to floats, lists to tuples); ValueError naming the expected type."""
+  field = SCHEMA[key]
+  want = field.type
+  if want is float and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  elif want is tuple and isinstance(value, list):
+    value = tuple(value)
+  if type(value) is not want:  # bool is not an int here, nor an int a bool
+    raise ValueError(f"expected {want.__name__}, got {value!r}")
+  if want is tuple and not all(type(v) is int for v in value):
+    raise ValueError(f"expected a tuple of ints, got {value!r}")
+  if field.choices and value not in field.choices:
+    raise ValueError(f"must be one of {', '.join(repr(c) for c in field.choices)}, got {value!r}")
+  return value
+
+
+def _flatten(node: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for name, value in node.items():
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(value, f"{prefix}{name}."))
+    else:
+      out[prefix + name] = value
+  return out
+
+
+def conform(given: ml_collections.ConfigDict | dict, source: str) -> ml_collections.ConfigDict:
+  """The checked, complete config: `given`'s keys checked and coerced, every other key at its default.
+
+  `source` names where the keys came from (a config file, a workdir's config.json) in the error.
+  """
+  flat = _flatten(given)
+  values = {}
+  for key, value in flat.items():
+    if key not in SCHEMA:
+      raise UserError(f"{source}: {_unknown(key)}")
+    try:
+      values[key] = coerce(key, value)
+    except ValueError as e:
+      raise UserError(f"{source}: {key}: {e}") from None
+  for section in SECTIONS:
+    if section in flat:  # a section given as a plain value
+      raise UserError(f"{source}: {section} must be a section (ConfigDict), got {flat[section]!r}")
+  out = ml_collections.ConfigDict()
+  for key, field in SCHEMA.items():
+    if key in values:
+      value = values[key]
+    elif field.default is REQUIRED:
+      raise UserError(f"{source}: missing required key {key!r}")
+    else:
+      value = field.default
+    section, _, leaf = key.rpartition(".")
+    node = out
+    if section:
+      if section not in out:
+        out[section] = ml_collections.ConfigDict()
+      node = out[section]
+    node[leaf] = value
+  return out
 
 
 def _parse_value(text: str) -> Any:
@@ -64,94 +119,60 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
-  """Applies `a.b=v` overrides; an unknown key or a value of the wrong type names the field."""
+  """Applies `a.b=v` overrides to a conformed config; an unknown key or a value of the wrong type names the field."""
   for item in overrides:
     key, sep, text = item.partition("=")
     if not sep:
       raise UserError(f"--config.{item}: expected --config.KEY=VALUE")
-    node = config
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise UserError(f"--config.{key}: unknown config key {'.'.join(parts[:i + 1])!r}")
-      node = node[part]
-    leaf = parts[-1]
-    if leaf not in node:
-      raise UserError(f"--config.{key}: unknown config key {key!r}")
-    old = node[leaf]
-    value = _parse_value(text)
-    if isinstance(old, str) and not isinstance(value, str):
-      value = text  # A string field keeps the literal text, e.g. --config.student.init=123.
-    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    if old is not None and type(old) is not type(value):
-      raise UserError(f"--config.{key}: expected {type(old).__name__}, got {text!r}")
-    node[leaf] = value
-  return config
-
-
-def fill_optional_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  for dotted, default in OPTIONAL_DEFAULTS.items():
-    section, _, leaf = dotted.rpartition(".")
-    node = config.get(section)
-    if isinstance(node, ml_collections.ConfigDict) and leaf not in node:
-      node[leaf] = default
+    if key not in SCHEMA:
+      raise UserError(f"--config.{key}: {_unknown(key)}")
+    # A string field keeps the literal text, e.g. --config.student.init=123.
+    value = text if SCHEMA[key].type is str else _parse_value(text)
+    try:
+      value = coerce(key, value)
+    except ValueError as e:
+      raise UserError(f"--config.{key}: {e}") from None
+    section, _, leaf = key.rpartition(".")
+    (config[section] if section else config)[leaf] = value
   return config
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  config = fill_optional_defaults(load_config_file(spec))
+  """`optical-jax CMD --config FILE[:ARG] --config.a.b=v ...`: the file checked, completed, overridden, validated."""
+  config = conform(load_config_file(spec), spec.partition(":")[0])
   config = apply_overrides(config, overrides)
   validate(config)
   return config
 
 
-def _require(config: ml_collections.ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise UserError(f"config: missing required key {dotted!r}")
-    node = node[part]
-  return node
-
-
-REQUIRED_KEYS = (
-    "seed", "mesh.data", "mesh.fsdp", "mesh.tensor", "student.init", "teacher.path", "data.bitext",
-    "data.teacher_store", "data.strict", "data.max_len_student", "data.max_len_teacher", "ot.epsilon",
-    "ot.iterations", "ot.grad", "ot.marginals", "train.batch_size", "train.steps", "train.lr",
-    "train.warmup_steps", "train.weight_decay", "train.clip_norm", "train.checkpoint_every", "train.log_every",
-)
+def from_json(path) -> ml_collections.ConfigDict:
+  """A workdir's config.json (as train wrote it), checked and completed like a config file."""
+  try:
+    given = json.loads(path.read_text())
+  except ValueError as e:
+    raise UserError(f"{path}: not a JSON config ({e})") from None
+  config = conform(given, str(path))
+  validate(config)
+  return config
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-  """Checks the config before anything heavy runs. `num_devices` adds the mesh and batch checks."""
-  for key in REQUIRED_KEYS:
-    _require(config, key)
-  if config.ot.grad not in OT_GRADS:
-    raise UserError(f"config: ot.grad must be one of {OT_GRADS}, got {config.ot.grad!r}")
-  if config.ot.marginals not in OT_MARGINALS:
-    raise UserError(f"config: ot.marginals must be one of {OT_MARGINALS}, got {config.ot.marginals!r}")
-  if not config.ot.epsilon > 0:
-    raise UserError(f"config: ot.epsilon must be > 0, got {config.ot.epsilon}")
-  if config.ot.iterations < 1:
-    raise UserError(f"config: ot.iterations must be >= 1, got {config.ot.iterations}")
-  if config.get("ot") and config.ot.get("relative_epsilon") not in (None, "", "std", "mean"):
-    raise UserError(f"config: ot.relative_epsilon must be '', 'std' or 'mean', got {config.ot.relative_epsilon!r}")
-  for key in ("tau_student", "tau_teacher"):
-    if not 0.0 < float(config.ot.get(key, 1.0)) <= 1.0:
-      raise UserError(f"config: ot.{key} must be in (0, 1] (1 = balanced), got {config.ot[key]}")
-  if config.ot.get("plan_centering", False) and config.ot.grad != "envelope":
-    raise UserError("config: ot.plan_centering needs ot.grad='envelope'")
-  if not config.ot.get("lse_mode", True) and config.ot.grad == "implicit":
-    raise UserError("config: ot.lse_mode=False (kernel-domain Sinkhorn) needs ot.grad 'envelope' or 'unroll'")
-  if config.student.get("dtype", "float32") not in DTYPES:
-    raise UserError(f"config: student.dtype must be one of {DTYPES}, got {config.student.dtype!r}")
-  if config.student.init == "random" and config.student.get("model_type", "bert") not in MODEL_TYPES:
-    raise UserError(f"config: student.model_type must be one of {MODEL_TYPES}, got {config.student.model_type!r}")
+  """Rules across fields, on a conformed config. `num_devices` adds the mesh and batch checks."""
+  from optical_jax import ot_options  # pylint: disable=import-outside-toplevel
+  try:
+    ot_options.check(**ot_options.from_config(config.ot))
+  except ValueError as e:
+    raise UserError(f"config: {e}") from None
+  s = config.student
+  if s.init == "random":
+    for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+      if s[key] < 1:
+        raise UserError(f"config: student.init='random' needs student.{key} >= 1, got {s[key]}")
   for key in ("student.init", "teacher.path", "data.bitext"):
-    if "SET_ME" in str(_require(config, key)):
+    section, leaf = key.split(".")
+    if "SET_ME" in config[section][leaf]:
       raise UserError(f"config: {key} is not set (SET_ME): pass --config.{key}=...")
-  for key in ("batch_size", "steps", "log_every", "checkpoint_every"):
+  for key in ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "stop_vote_every"):
     if config.train[key] < 1:
       raise UserError(f"config: train.{key} must be >= 1, got {config.train[key]}")
   if config.train.warmup_steps < 0:
@@ -159,7 +180,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key in ("max_len_student", "max_len_teacher"):
     if config.data[key] < 2:
       raise UserError(f"config: data.{key} must be >= 2, got {config.data[key]}")
+  for key in ("max_train_pairs", "sample_seed"):
+    if config.data[key] < 0:
+      raise UserError(f"config: data.{key} must be >= 0, got {config.data[key]}")
+  for key in ("teacher_batch_size", "examples_per_shard", "num_examples"):
+    if config.data[key] < 1:
+      raise UserError(f"config: data.{key} must be >= 1, got {config.data[key]}")
+  if config.data.bitext == "synthetic":
+    # The generator makes ids, masks and teacher tokens only: no content masks, IDF weights or English side.
+    for key, plain in (("ot.tokens", "all"), ("ot.marginals", "uniform")):
+      section, leaf = key.split(".")
+      if config[section][leaf] != plain:
+        raise UserError(f"config: data.bitext='synthetic' needs {key}={plain!r}, got {config[section][leaf]!r}")
+    if config.loss.english_weight:
+      raise UserError("config: data.bitext='synthetic' has no English text: set loss.english_weight=0")
   _validate_length_buckets(config)
+  _validate_eval(config.eval)
   if num_devices is not None:
     from optical_jax import sharding  # Late: importing jax here would fix XLA flags too early for the CLI.
     shape = sharding.mesh_shape(config.mesh, num_devices)
@@ -172,7 +208,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 
 def _validate_length_buckets(config: ml_collections.ConfigDict) -> None:
   """data.length_buckets: empty (off) or increasing positive ints ending at data.max_len_student."""
-  buckets = config.data.get("length_buckets") or ()
+  buckets = config.data.length_buckets
   max_len = config.data.max_len_student
   ok = (isinstance(buckets, (tuple, list)) and all(type(b) is int and b > 0 for b in buckets)
         and all(a < b for a, b in zip(buckets, buckets[1:])))
@@ -181,6 +217,30 @@ def _validate_length_buckets(config: ml_collections.ConfigDict) -> None:
                     f"got {buckets!r}")
   if buckets and buckets[-1] != max_len:
     raise UserError(f"config: data.length_buckets must end at data.max_len_student={max_len}, got {tuple(buckets)}")
+
+
+def split_list(text: str) -> list[str]:
+  """A comma-separated config value as its non-empty items."""
+  return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+EVAL_SCORERS = ("maxsim", "pooled")
+EVAL_BASELINES = ("teacher_en", "teacher_lr", "zero_shot")
+
+
+def _validate_eval(ev: ml_collections.ConfigDict) -> None:
+  for key, known in (("scorers", EVAL_SCORERS), ("baselines", EVAL_BASELINES)):
+    for item in split_list(ev[key]):
+      if item not in known:
+        raise UserError(f"config: unknown eval.{key} entry {item!r}; use {', '.join(known)}")
+  for key in ("num_verses", "num_topical", "num_quran", "max_len_query", "max_len_doc", "seed"):
+    if ev[key] < 0:
+      raise UserError(f"config: eval.{key} must be >= 0, got {ev[key]}")
+  for key in ("batch_size", "k"):
+    if ev[key] < 1:
+      raise UserError(f"config: eval.{key} must be >= 1, got {ev[key]}")
+  if ev.files and len(split_list(ev.files)) != 3:
+    raise UserError(f"config: eval.files must be 'QUERIES,DOCUMENTS,QRELS', got {ev.files!r}")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -27,10 +27,9 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import implicit_differentiation
 from ott.solvers.linear import sinkhorn
 
+from optical_jax import ot_options
 from optical_jax.errors import UserError
 
-GRAD_MODES = ("envelope", "unroll", "implicit")
-RELATIVE_EPSILON_MODES = ("std", "mean")
 
 # OTT's implicit differentiation preconditions with eps*log(marginal): a zero weight makes the whole batch's gradient
 # NaN (research/stack.md §3). Only the implicit path floors the marginals at this (relative) weight.
@@ -304,22 +303,12 @@ def ot_alignment_loss(
     plan: teacher tokens per student token) and "epsilon". Examples with no real token on either side are left out
     of every mean (loss 0 if the whole batch is empty).
   """
-  if grad not in GRAD_MODES:
-    raise UserError(f"ot.grad must be one of {GRAD_MODES}, got {grad!r}")
-  if relative_epsilon not in (None, *RELATIVE_EPSILON_MODES):
-    raise UserError(f"relative_epsilon must be None, 'std' or 'mean', got {relative_epsilon!r}")
-  if not isinstance(iterations, int) or iterations < 1:
-    raise UserError(f"ot.iterations must be a positive integer, got {iterations!r}")
-  if isinstance(epsilon, (int, float)) and not epsilon > 0:
-    raise UserError(f"ot.epsilon must be > 0, got {epsilon!r}")
-  for name, tau in (("ot.tau_student", tau_student), ("ot.tau_teacher", tau_teacher)):
-    if not 0.0 < tau <= 1.0:
-      raise UserError(f"{name} must be in (0, 1] (1 = balanced), got {tau!r}")
-  if plan_centering and grad != "envelope":
-    raise UserError("ot.plan_centering needs ot.grad='envelope' (the plan is solved on another cost than the loss)")
-  if not lse_mode and grad == "implicit":
-    raise UserError("ot.lse_mode=False (kernel-domain Sinkhorn) supports ot.grad 'envelope' and 'unroll', not "
-                    "'implicit'")
+  try:
+    ot_options.check(epsilon=epsilon, iterations=iterations, grad=grad, relative_epsilon=relative_epsilon,
+                     lse_mode=lse_mode, tau_student=tau_student, tau_teacher=tau_teacher,
+                     plan_centering=plan_centering)
+  except ValueError as e:
+    raise UserError(str(e)) from None
   student_tokens, teacher_tokens = jnp.asarray(student_tokens), jnp.asarray(teacher_tokens)
   student_mask, teacher_mask = _bool_mask(student_mask), _bool_mask(teacher_mask)
   _check_tokens(student_tokens, student_mask, teacher_tokens, teacher_mask)
@@ -373,20 +362,6 @@ def ot_alignment_loss(
   aux = {name: batch_mean(value) for name, value in stats.items()}
   aux["epsilon"] = batch_mean(eps)
   return loss, aux
-
-
-def ot_options(ot_config: Any) -> dict[str, Any]:
-  """The keyword arguments of `ot_alignment_loss` from a config's `ot` section (missing keys: the defaults)."""
-  return {
-      "epsilon": ot_config.epsilon,
-      "iterations": ot_config.iterations,
-      "grad": ot_config.get("grad", "envelope"),
-      "relative_epsilon": ot_config.get("relative_epsilon") or None,
-      "lse_mode": bool(ot_config.get("lse_mode", True)),
-      "tau_student": float(ot_config.get("tau_student", 1.0)),
-      "tau_teacher": float(ot_config.get("tau_teacher", 1.0)),
-      "plan_centering": bool(ot_config.get("plan_centering", False)),
-  }
 
 
 def masked_mean_pool(tokens: Array, mask: Array) -> Array:

@@ -79,10 +79,6 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
 
 
-def batch_shardings(mesh: Mesh, batch_spec: dict[str, Any]) -> dict[str, NamedSharding]:
-  return {k: data_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
-
-
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Global arrays from this process's rows of the batch (multi-host: each host passes only its slice)."""
   return {k: jax.make_array_from_process_local_data(data_sharding(mesh, v.ndim), v) for k, v in local_batch.items()}

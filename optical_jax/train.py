@@ -26,6 +26,7 @@ from optical_jax import config as config_lib
 from optical_jax import distributed
 from optical_jax import metrics as metrics_lib
 from optical_jax import sharding as sharding_lib
+from optical_jax import student as student_lib
 from optical_jax import train_step as train_step_lib
 from optical_jax.data import pipeline
 from optical_jax.data import training_data
@@ -92,6 +93,45 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | N
     raise
 
 
+class StepClock:
+  """Step time = wall time between two logged steps / steps between them, compilation left out.
+
+  The clock starts after the first step. A later step that compiles a new batch shape (a length bucket) is left out
+  of its interval: the interval so far is closed before it (its steps all finish before the compile starts), and the
+  compiling step's wall time and count are dropped.
+  """
+
+  def __init__(self, start: int):
+    self.time, self.step = time.perf_counter(), start
+    self.shapes: list[tuple[int, int]] = []  # (student, teacher) batch lengths in the order first seen
+    self._compile_start = 0.0
+
+  def is_new_shape(self, shape: tuple[int, int]) -> bool:
+    if shape in self.shapes:
+      return False
+    self.shapes.append(shape)
+    return True
+
+  def compiling(self) -> None:
+    """Right before the step that compiles (after the interval so far was closed)."""
+    self._compile_start = time.perf_counter()
+
+  def compiled(self, first: bool, done: int) -> None:
+    """After the compiling step finished (its outputs are ready)."""
+    now = time.perf_counter()
+    if first:
+      self.time, self.step = now, done
+    else:
+      self.time, self.step = self.time + (now - self._compile_start), self.step + 1
+
+  def seconds_per_step(self, step: int) -> float:
+    """Mean step time since the last call (or the start), then restarts the interval at `step`."""
+    now = time.perf_counter()
+    seconds = (now - self.time) / (step - self.step) if step > self.step else float("nan")
+    self.time, self.step = now, step
+    return seconds
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None) -> dict[str, Any]:
   workdir = epath.Path(workdir)
   config = distributed.agree_on_config(config)
@@ -104,12 +144,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   distributed.barrier("optical_jax.workdir")
 
   data = training_data.build(config, workdir)
-  model, init_params = training_data.build_student(config, data)
+  student = student_lib.build_student(config)
+  student_lib.check_output_dim(student, data.teacher_dim)
   tx = train_step_lib.make_optimizer(config)
   state, state_shardings = train_step_lib.create_train_state(
-      model, tx, config, mesh, jax.random.key(config.seed), init_params=init_params)
+      student.module, tx, config, mesh, jax.random.key(config.seed), init_params=student.pretrained_params)
 
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.get("keep_checkpoints", 2))
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   start = checkpointer.latest_step() or 0
   if start:
     state, meta = checkpointer.restore(start, state, state_shardings)
@@ -126,7 +167,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
     log.info("length buckets: student %s, teacher %s (one compile each)", buckets.student, buckets.teacher)
   stream = pipeline.BatchStream(data.load_rows, data.num_examples, config.train.batch_size, config.seed, rows,
                                 buckets=buckets)
-  step_fn = train_step_lib.jit_train_step(model, tx, config, mesh, state_shardings, data.batch_ranks)
+  step_fn = train_step_lib.jit_train_step(student.module, tx, config, mesh, state_shardings, data.spec)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_lead)
   show_progress = metrics_lib.progress_enabled() if progress is None else progress
   bar = None
@@ -136,34 +177,27 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
 
   summary: dict[str, Any] = {"start_step": start, "data": data.description}
   pending = None  # (step, device metrics): read one step late, never stalling dispatch.
-  # Step time = wall time between two logged steps (each read waits for its step) / steps between them; the clock
-  # starts after the first step, and a later step that compiles a new length bucket is left out of its interval, so
-  # compilation is not counted.
-  clock = {"time": time.perf_counter(), "step": start}
+  clock = StepClock(start)
   compiles_after_first = 0
-  shapes: list[tuple[int, int]] = []  # (student, teacher) batch lengths in the order first seen: one compile each
   step = start
   saved = start
   try:
     with _StopRequested() as stop, sharding_lib.mesh_context(mesh):
       # Multi-process: a SIGTERM on any process stops all at one agreed step (a tiny all-reduce, see StopVote).
-      vote = distributed.StopVote(mesh, every=int(config.train.get("stop_vote_every", 1)))
+      vote = distributed.StopVote(mesh, every=config.train.stop_vote_every)
       if start >= total_steps:
         log.info("already trained to step %d (train.steps=%d)", start, total_steps)
       for step, local_batch in stream.iterate(start) if start < total_steps else ():
-        shape = (local_batch["student_ids"].shape[1], local_batch["teacher_tokens"].shape[1])
-        new_shape = shape not in shapes
+        new_shape = clock.is_new_shape((local_batch["student_ids"].shape[1], local_batch["teacher_tokens"].shape[1]))
         if new_shape:
-          shapes.append(shape)
           if buckets is not None:
-            log.info("compiling the train step for length bucket %d (teacher %d) at step %d", *shape, step)
-          if pending is not None:
-            # Close the interval so far first (its steps all finish before the compile starts), so that the
-            # compile's wall time can be left out of the step time exactly.
+            log.info("compiling the train step for length bucket %d (teacher %d) at step %d",
+                     *clock.shapes[-1], step)
+          if pending is not None:  # Close the interval so far before the compile starts.
             _log(writer, bar, pending, config, summary, clock)
             jax.block_until_ready(pending[1])
             pending = None
-          compile_start = time.perf_counter()
+          clock.compiling()
         batch = sharding_lib.global_batch(local_batch, mesh)
         state, device_metrics = step_fn(state, batch)
         done = step + 1
@@ -171,11 +205,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
           cache_size_after_first = step_fn._cache_size()  # pylint: disable=protected-access
         if new_shape:
           jax.block_until_ready(device_metrics)
-          now = time.perf_counter()
-          if step == start:
-            clock.update(time=now, step=done)
-          else:  # Drop this step from the current interval: its time and its count.
-            clock.update(time=clock["time"] + (now - compile_start), step=clock["step"] + 1)
+          clock.compiled(step == start, done)
         if pending is not None:
           _log(writer, bar, pending, config, summary, clock)
         pending = (done, device_metrics)
@@ -191,7 +221,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
         step = done
       if step > start:  # Compiles beyond the one each new length bucket needs.
         cache_growth = step_fn._cache_size() - cache_size_after_first  # pylint: disable=protected-access
-        compiles_after_first = cache_growth - (len(shapes) - 1)
+        compiles_after_first = cache_growth - (len(clock.shapes) - 1)
       if pending is not None:
         _log(writer, bar, pending, config, summary, clock, force=True)
       checkpointer.wait()  # A failed save on another process surfaces here, inside the except below.
@@ -205,20 +235,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
     if bar is not None:
       bar.close()
   summary.update({"final_step": step, "recompilations_after_first_step": compiles_after_first,
-                  "batch_lengths_compiled": [list(s) for s in shapes]})
+                  "batch_lengths_compiled": [list(s) for s in clock.shapes]})
   return summary
 
 
-def _log(writer, bar, pending, config, summary, clock, force: bool = False) -> None:
+def _log(writer, bar, pending, config, summary, clock: StepClock, force: bool = False) -> None:
   step, device_metrics = pending
   if bar is not None:
     bar.update(step - bar.n)
   if step % config.train.log_every and not force and step != config.train.steps:
     return
   values = {k: float(np.asarray(v)) for k, v in jax.device_get(device_metrics).items()}
-  now = time.perf_counter()
-  seconds = (now - clock["time"]) / (step - clock["step"]) if step > clock["step"] else float("nan")
-  clock.update(time=now, step=step)
+  seconds = clock.seconds_per_step(step)
   tokens = values.pop("real_tokens")
   values["step_time_s"] = seconds
   values["real_tokens_per_s"] = tokens / seconds  # tokens of the logged step, at the interval's mean step time

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from optical_jax import losses
+from optical_jax import losses, ot_options
 from optical_jax import sharding as sharding_lib
 from optical_jax.errors import UserError
 
@@ -62,11 +62,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                   weight_decay=train.weight_decay, mask=_decay_mask),
   )
   labels = functools.partial(_frozen_labels,
-                             freeze_word_embeddings=bool(config.student.get("freeze_word_embeddings", False)))
+                             freeze_word_embeddings=config.student.freeze_word_embeddings)
   tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
   trained = lambda tree: jax.tree.map(lambda label: label == "trained", labels(tree))
   return clip_and_skip_nonfinite(tx, clip_norm=train.clip_norm, clip_mask=trained,
-                                 max_consecutive_errors=train.get("max_consecutive_nonfinite", 10))
+                                 max_consecutive_errors=train.max_consecutive_nonfinite)
 
 
 def clip_and_skip_nonfinite(inner: optax.GradientTransformation, *, clip_norm: float, max_consecutive_errors: int,
@@ -121,18 +121,18 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
   # Which tokens enter the OT problem may differ from the attention mask (e.g. special / prefix tokens left out).
   student_ot_mask = batch.get("student_ot_mask", batch["student_mask"])
   teacher_ot_mask = batch.get("teacher_ot_mask", batch["teacher_mask"])
-  ot_config, weights = config.ot, config.get("loss", ml_collections.ConfigDict())
+  ot_config, weights = config.ot, config.loss
   metrics = {}
   total = jnp.zeros((), jnp.float32)
-  ot_weight = float(weights.get("ot_weight", 1.0))
+  ot_weight = weights.ot_weight
   if ot_weight:
     ot_loss, ot_aux = losses.ot_alignment_loss(
-        student, student_ot_mask, teacher, teacher_ot_mask, **losses.ot_options(ot_config),
+        student, student_ot_mask, teacher, teacher_ot_mask, **ot_options.from_config(ot_config),
         student_weights=batch.get("student_weights"), teacher_weights=batch.get("teacher_weights"))
     total = total + ot_weight * ot_loss
     metrics.update({f"ot/{k}": v for k, v in ot_aux.items()})
     metrics["ot_loss"] = ot_loss
-  english_weight = float(weights.get("english_weight", 0.0))
+  english_weight = weights.english_weight
   if english_weight:
     # OT(teacher(en), student(en)): keeps the student's English token states on the teacher's, so that aligning
     # the low-resource side does not pull the shared space away from what the teacher indexed.
@@ -142,10 +142,10 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
     student_en = model.apply({"params": params}, batch["english_ids"], batch["english_mask"], head=True)
     english_loss, _ = losses.ot_alignment_loss(
         student_en, batch.get("english_ot_mask", batch["english_mask"]), teacher, teacher_ot_mask,
-        **losses.ot_options(ot_config))
+        **ot_options.from_config(ot_config))
     total = total + english_weight * english_loss
     metrics["english_ot_loss"] = english_loss
-  mse_weight = float(weights.get("mse_weight", 0.0))
+  mse_weight = weights.mse_weight
   if mse_weight:
     mse_loss, _ = losses.mse_distill_loss(student, batch["student_mask"], teacher, batch["teacher_mask"])
     total = total + mse_weight * mse_loss
@@ -157,7 +157,7 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, config: ml_collections.ConfigDict
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  labels = _frozen_labels(state.params, bool(config.student.get("freeze_word_embeddings", False)))
+  labels = _frozen_labels(state.params, config.student.freeze_word_embeddings)
 
   def loss_fn(params, batch):
     # Frozen leaves get no gradient at all. Otherwise the backward pass scatter-adds into a zero table the size of
@@ -217,9 +217,12 @@ def _overlay(params: Any, loaded: Any, shardings: Any, path: str = "") -> Any:
 
 
 def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                   mesh: jax.sharding.Mesh, state_shardings: Any, batch_keys: Any):
-  """`train_step` jitted with state/batch shardings and the state donated. Call it under `mesh_context(mesh)`."""
-  batch_shardings = {k: sharding_lib.data_sharding(mesh, rank) for k, rank in batch_keys.items()}
+                   mesh: jax.sharding.Mesh, state_shardings: Any, batch_spec: dict[str, Any]):
+  """`train_step` jitted with state/batch shardings and the state donated. Call it under `mesh_context(mesh)`.
+
+  `batch_spec`: data.batch_spec's key -> Field (its rank gives each key's data sharding).
+  """
+  batch_shardings = {k: sharding_lib.data_sharding(mesh, field.rank) for k, field in batch_spec.items()}
   step = functools.partial(train_step, model=model, tx=tx, config=config)
   return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
                  out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import pytrec_eval
 
+from optical_jax import config as config_lib
 from optical_jax import evaluate
 from optical_jax.data import collections as collections_lib
 from optical_jax.data import encoding
 from optical_jax.errors import UserError
-from optical_jax.retrieval import trec
+from optical_jax.retrieval import encode, evaluation, search, trec
 
 PYTREC_MEASURES = {"map": "map", "ndcg@10": "ndcg_cut_10", "recall@100": "recall_100", "p@10": "P_10"}
 
@@ -36,23 +37,22 @@ def _random_lengths(rng, n, length, start=0):
 
 
 def test_packed_maxsim_equals_reference_and_search():
-  from optical_jax.retrieval import search
   rng = np.random.default_rng(0)
   q = rng.standard_normal((21, 14, 8)).astype(np.float32)
   d = rng.standard_normal((300, 20, 8)).astype(np.float16)
   qm, dm = _random_lengths(rng, 21, 14, start=2), _random_lengths(rng, 300, 20, start=1)
-  scores, index = evaluate.packed_maxsim((q, qm), (d, dm), k=50, query_batch=8)
+  scores, index = search.packed_maxsim((q, qm), (d, dm), k=50, query_batch=8)
   ref = _maxsim_reference(q, qm, d.astype(np.float32), dm)
   assert scores.shape == index.shape == (21, 50)
   np.testing.assert_allclose(scores, np.take_along_axis(ref, index, 1), atol=2e-5)
   np.testing.assert_allclose(scores, -np.sort(-ref, axis=1)[:, :50], atol=2e-5)
-  s_scores, s_index = search((q, qm), (d, dm), k=50, scorer="maxsim")
+  s_scores, s_index = search.search((q, qm), (d, dm), k=50, scorer="maxsim")
   np.testing.assert_allclose(scores, s_scores, atol=2e-5)
   assert (index[:, :5] == s_index[:, :5]).mean() > 0.95  # only float-rounding near-ties may swap
   # An empty document ranks last (-2 per token, as search); an empty query scores 0 everywhere.
   dm[3] = False
   qm[0] = False
-  scores, index = evaluate.packed_maxsim((q[:2], qm[:2]), (d[:7], dm[:7]), k=10)
+  scores, index = search.packed_maxsim((q[:2], qm[:2]), (d[:7], dm[:7]), k=10)
   assert index.shape == (2, 7) and sorted(index[1]) == list(range(7))
   assert index[1, -1] == 3 and scores[1, -1] == pytest.approx(-2.0)
   assert (scores[0] == 0).all() and index[0].tolist() == list(range(7))
@@ -60,9 +60,9 @@ def test_packed_maxsim_equals_reference_and_search():
 
 def test_top_k_breaks_ties_by_lower_index():
   scores = np.array([[0.5, 0.9, 0.5, 0.9, 0.1, 0.5]], np.float32)
-  s, i = evaluate.top_k(scores, 4)
+  s, i = search.top_k(scores, 4)
   assert i.tolist() == [[1, 3, 0, 2]] and s.tolist() == [scores[0, [1, 3, 0, 2]].tolist()]
-  assert evaluate.top_k(scores, 10)[1].tolist() == [[1, 3, 0, 2, 5, 4]]
+  assert search.top_k(scores, 10)[1].tolist() == [[1, 3, 0, 2, 5, 4]]
 
 
 def _collection(n=24, exclude_self=False):
@@ -119,10 +119,10 @@ def encoders():
 
 def test_evaluate_systems_writes_recomputable_runs(tmp_path, encoders):
   teacher, student = encoders
-  systems = [evaluate.System("teacher_en", teacher, "", head=False, english=True),
-             evaluate.System("student", student, "")]
+  systems = [evaluation.System("teacher_en", teacher, "", head=False, english=True),
+             evaluation.System("student", student, "")]
   colls = [_collection(), _collection(exclude_self=True)]
-  summary = evaluate.evaluate_systems(colls, systems, teacher, tmp_path, doc_prefix="", k=10, max_len_query=24,
+  summary = evaluation.evaluate_systems(colls, systems, teacher, tmp_path, doc_prefix="", k=10, max_len_query=24,
                                       max_len_doc=24, batch_size=8, shard=False)
   assert set(summary["systems"]) == {"teacher_en_maxsim", "teacher_en_pooled", "student_maxsim", "student_pooled"}
   assert set(summary["systems"]["student_maxsim"]) == {"toy", "toy_xref"}
@@ -132,8 +132,8 @@ def test_evaluate_systems_writes_recomputable_runs(tmp_path, encoders):
   _, run = _recompute(tmp_path, "student_maxsim", "toy_xref")
   assert all(q not in docs and len(docs) == 10 for q, docs in run.items())
   # The pooled run is the cosine ranking of mean-pooled vectors (checked against numpy).
-  enc = evaluate.encode_texts(student, list(colls[0].queries.values()), prefix="", max_len=24, batch_size=8)
-  docs = evaluate.encode_texts(teacher, list(colls[0].documents.values()), prefix="", max_len=24, batch_size=8,
+  enc = encode.encode_texts(student, list(colls[0].queries.values()), prefix="", max_len=24, batch_size=8)
+  docs = encode.encode_texts(teacher, list(colls[0].documents.values()), prefix="", max_len=24, batch_size=8,
                                head=False)
   cos = enc.pooled @ docs.pooled.T
   run = trec.read_run(tmp_path / "student_pooled" / "toy.run")
@@ -146,12 +146,12 @@ def test_evaluate_systems_writes_recomputable_runs(tmp_path, encoders):
 
 def test_content_tokens_drop_specials_and_prefix(encoders):
   teacher, _ = encoders
-  enc = evaluate.encode_texts(teacher, ["ab", "abcdef"], prefix="q: ", max_len=16, batch_size=4)
+  enc = encode.encode_texts(teacher, ["ab", "abcdef"], prefix="q: ", max_len=16, batch_size=4)
   # byte tokenizer: [CLS] q : space a b [SEP] -> content = the text's bytes only.
   assert enc.mask.sum(1).tolist() == [2 + 3 + 2, 2 + 3 + 6]
   assert enc.maxsim_mask.sum(1).tolist() == [2, 6]
   assert not enc.maxsim_mask[:, :4].any()
-  every = evaluate.encode_texts(teacher, ["ab"], prefix="q: ", max_len=16, batch_size=4, maxsim_tokens="all")
+  every = encode.encode_texts(teacher, ["ab"], prefix="q: ", max_len=16, batch_size=4, maxsim_tokens="all")
   assert (every.maxsim_mask == every.mask).all()
 
 
@@ -161,24 +161,23 @@ def test_sharded_encoding_matches_single_device(encoders):
   _, student = encoders
   mesh = sharding.create_mesh(mlc.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   texts = ["kwa maana", "jinsi hii mungu", "x"]
-  one = evaluate.encode_texts(student, texts, prefix="", max_len=16, batch_size=4)
-  many = evaluate.encode_texts(student, texts, prefix="", max_len=16, batch_size=4, mesh=mesh)
+  one = encode.encode_texts(student, texts, prefix="", max_len=16, batch_size=4)
+  many = encode.encode_texts(student, texts, prefix="", max_len=16, batch_size=4, mesh=mesh)
   assert (one.mask == many.mask).all()
   np.testing.assert_allclose(one.tokens.astype(np.float32), many.tokens.astype(np.float32), atol=2e-3)
 
 
 def test_config_helpers():
-  config = ml_collections.ConfigDict(dict(data=dict(max_len_student=32, max_len_teacher=40),
-                                          loss=dict(ot_weight=0.0, mse_weight=1.0)))
+  config = config_lib.load_config("configs/tiny.py", ["loss.ot_weight=0.0", "loss.mse_weight=1.0"])
   assert evaluate.system_name(config) == "mse_distill"
   config.loss.ot_weight = 1.0
   assert evaluate.system_name(config) == "optical_mse"
   ev = evaluate.eval_config(config)
-  assert ev.max_len_query == 32 and ev.max_len_doc == 40 and ev.scorers == "maxsim,pooled"
+  assert ev.max_len_query == config.data.max_len_student and ev.max_len_doc == config.data.max_len_teacher
+  assert ev.scorers == "maxsim,pooled"
   with pytest.raises(UserError, match="nothing to evaluate"):
     evaluate.load_collections(ev)
-  config.eval = ml_collections.ConfigDict(dict(system="mine", colections="bible_sw_en"))
   with pytest.raises(UserError, match="eval.colections"):
-    evaluate.eval_config(config)
+    config_lib.load_config("configs/tiny.py", ["eval.colections=bible_sw_en"])
   with pytest.raises(UserError, match="QUERIES,DOCUMENTS,QRELS"):
-    evaluate.load_collections(ml_collections.ConfigDict(dict(collections="", files="a,b")))
+    config_lib.load_config("configs/tiny.py", ["eval.files=a,b"])

@@ -21,31 +21,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from optical_jax import losses
+from optical_jax import losses, ot_options
 from optical_jax import sharding as sharding_lib
+from optical_jax import student as student_lib
 from optical_jax import train_step as train_step_lib
 from optical_jax.bench import timing
-from optical_jax.bench.settings import BENCH_DEFAULTS, bench_settings  # noqa: F401  (re-exported)
-from optical_jax.data import training_data
+from optical_jax.data import batch_spec as batch_spec_lib
 from optical_jax.errors import UserError
+
 
 def mse_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
   """The same step with the OT loss replaced by the sentence-level MSE loss of the same tensors (None: no OT)."""
-  weights = config.get("loss") or ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
-  if not float(weights.get("ot_weight", 1.0)):
+  if not config.loss.ot_weight:
     return None
   out = copy.deepcopy(config)
   out.loss = ml_collections.ConfigDict(dict(ot_weight=0.0, mse_weight=1.0))
   return out
-
-
-def _batch_ranks(config: ml_collections.ConfigDict) -> dict[str, int]:
-  ranks = {"student_ids": 2, "student_mask": 2, "teacher_tokens": 3, "teacher_mask": 2}
-  if config.ot.get("tokens", "all") == "content":
-    ranks.update(student_ot_mask=2, teacher_ot_mask=2)
-  if config.ot.get("marginals", "uniform") == "idf":
-    ranks.update(student_weights=2, teacher_weights=2)
-  return ranks
 
 
 def make_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, pad_id: int, vocab_size: int,
@@ -56,9 +47,9 @@ def make_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, 
   the vocabulary; teacher tokens are random normal in the store's dtype. Same shapes in every batch.
   """
   b, ls, lt = config.train.batch_size, config.data.max_len_student, config.data.max_len_teacher
-  teacher_dtype = jnp.dtype(config.data.get("teacher_dtype", "float16") or "float16")
-  ranks = _batch_ranks(config)
-  shardings = {k: sharding_lib.data_sharding(mesh, r) for k, r in ranks.items()}
+  spec = batch_spec_lib.batch_spec(config)
+  teacher_dtype = jnp.dtype(spec["teacher_tokens"].dtype)
+  shardings = {k: sharding_lib.data_sharding(mesh, field.rank) for k, field in spec.items()}
   low_id = pad_id + 1 if pad_id + 1 < vocab_size else 0
 
   def prefix_mask(key, length):
@@ -73,11 +64,11 @@ def make_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, 
     teacher = jax.random.normal(keys[3], (b, lt, teacher_dim)) * teacher_mask[..., None]
     batch = {"student_ids": ids.astype(jnp.int32), "student_mask": student_mask.astype(jnp.int32),
              "teacher_tokens": teacher.astype(teacher_dtype), "teacher_mask": teacher_mask.astype(jnp.int32)}
-    if "student_ot_mask" in ranks:  # content tokens: the first and last real token are special tokens
+    if "student_ot_mask" in spec:  # content tokens: the first and last real token are special tokens
       inner = lambda m, n: m & (jnp.arange(m.shape[1])[None] > 0) & (jnp.arange(m.shape[1])[None] < n[:, None] - 1)
       batch["student_ot_mask"] = inner(student_mask, student_len).astype(jnp.int32)
       batch["teacher_ot_mask"] = inner(teacher_mask, teacher_len).astype(jnp.int32)
-    if "student_weights" in ranks:
+    if "student_weights" in spec:
       batch["student_weights"] = jax.random.uniform(keys[4], (b, ls), minval=0.5, maxval=8.0) * student_mask
       batch["teacher_weights"] = jax.random.uniform(keys[5], (b, lt), minval=0.5, maxval=8.0) * teacher_mask
     return batch
@@ -106,12 +97,12 @@ class TrainStepBench:
                settings: ml_collections.ConfigDict):
     base = next(iter(variants.values()))
     self.config, self.mesh = base, mesh
-    teacher_dim = int(base.teacher.get("dim", 0) or 0)
-    stub = training_data.TrainingData(load_rows=None, num_examples=0, teacher_dim=teacher_dim,
-                                      batch_ranks=_batch_ranks(base), description="bench: synthetic on device")
-    if not teacher_dim:
+    teacher_dim = base.teacher.dim
+    if teacher_dim < 1:
       raise UserError("config: teacher.dim must be set for `optical-jax bench` (the teacher token width)")
-    self.model, init_params = training_data.build_student(base, stub)
+    student = student_lib.build_student(base)
+    student_lib.check_output_dim(student, teacher_dim)
+    self.model, init_params = student.module, student.pretrained_params
     self.encoder_config = self.model.config
     tx = train_step_lib.make_optimizer(base)
     self.state, state_shardings = train_step_lib.create_train_state(
@@ -124,7 +115,7 @@ class TrainStepBench:
     self.steps = {}
     for name, variant in variants.items():  # variants differ in their loss only: one optimizer, one state layout
       self.steps[name] = train_step_lib.jit_train_step(self.model, tx, variant, mesh, state_shardings,
-                                                       stub.batch_ranks)
+                                                       batch_spec_lib.batch_spec(variant))
     self.losses: dict[str, list[float]] = {name: [] for name in variants}
     self.cpu_s: dict[str, list[float]] = {name: [] for name in variants}          # per step, mean over a block
     self.page_faults: dict[str, list[float]] = {name: [] for name in variants}
@@ -202,7 +193,7 @@ class OtLossBench:
     ot = config.ot
 
     def loss(student, student_mask, teacher, teacher_mask):
-      return losses.ot_alignment_loss(student, student_mask, teacher, teacher_mask, **losses.ot_options(ot))[0]
+      return losses.ot_alignment_loss(student, student_mask, teacher, teacher_mask, **ot_options.from_config(ot))[0]
 
     order = ("student_tokens", "student_mask", "teacher_tokens", "teacher_mask")
     self.args = tuple(jax.device_put(inputs[k], sharding_lib.data_sharding(mesh, inputs[k].ndim)) for k in order)

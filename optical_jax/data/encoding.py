@@ -35,6 +35,14 @@ def byte_tokenizer():
                                  unk_token="[UNK]", mask_token="[MASK]")
 
 
+def student_tokenizer(config):
+  """The student's tokenizer: its init directory's, or the byte-level one for a random student."""
+  if config.student.init == "random":
+    return byte_tokenizer()
+  from transformers import AutoTokenizer
+  return AutoTokenizer.from_pretrained(str(config.student.init))
+
+
 def load_encoder(path: str, *, random_dims: dict | None = None, seed: int = 0, dtype: str = "float32"):
   """An HF directory through models.from_pretrained, or "random": a random BERT with the byte tokenizer."""
   from optical_jax import models

@@ -66,7 +66,7 @@ class LengthBuckets:
   def from_config(cls, data_config, student_lengths: np.ndarray | None, teacher_lengths: np.ndarray | None
                   ) -> LengthBuckets | None:
     """From `config.data` (length_buckets, max_len_*); None when bucketing is off (the key is missing or empty)."""
-    buckets = tuple(int(b) for b in (data_config.get("length_buckets") or ()))
+    buckets = tuple(int(b) for b in data_config.length_buckets)
     if not buckets:
       return None
     if student_lengths is None or teacher_lengths is None:

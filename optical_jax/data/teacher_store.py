@@ -458,12 +458,13 @@ class TeacherStore:
   def get(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return self.lookup_batch([self.index_of(i) for i in ids])
 
-  def lookup_batch(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [n, max_len, dim] float32, zero-padded; mask [n, max_len] int32) by global index."""
+  def lookup_batch(self, indices: Sequence[int] | np.ndarray, dtype: Any = np.float32
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [n, max_len, dim] in `dtype` (the stored one: `self.dtype`), zero-padded; mask [n, max_len] int32)."""
     indices = np.asarray(indices, np.int64).reshape(-1)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"teacher store index out of range [0, {len(self)}): {indices.min()}..{indices.max()}")
-    tokens = np.zeros((indices.size, self.max_len, self.dim), np.float32)
+    tokens = np.zeros((indices.size, self.max_len, self.dim), dtype)
     mask = np.zeros((indices.size, self.max_len), np.int32)
     shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
     for s in np.unique(shard_of):

@@ -1,4 +1,4 @@
-"""A retrieval test collection (queries, documents, qrels) from files, and end-to-end evaluation of an encoder on it.
+"""A retrieval test collection (queries, documents, qrels) from files.
 
 File formats:
 - queries: TSV `qid<TAB>text`, or JSONL like documents;
@@ -14,16 +14,9 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
-
-import numpy as np
-from jax.sharding import Mesh
 
 from optical_jax.errors import UserError
-from optical_jax.retrieval import metrics as metrics_lib
 from optical_jax.retrieval import trec
-from optical_jax.retrieval.index import DocumentIndex, EncodeFn, encode_batch, fit_length, pool_embeddings
-from optical_jax.retrieval.search import search
 
 _ID_KEYS = ("id", "_id", "docid")
 log = logging.getLogger(__name__)
@@ -128,47 +121,3 @@ def load_collection(queries_tsv: os.PathLike | str, documents: os.PathLike | str
   if name is None:
     name = os.path.splitext(os.path.basename(os.fspath(documents)))[0]
   return Collection(name=name, queries=queries, documents=docs, qrels=qrels)
-
-
-def encode_texts(encode_fn: EncodeFn, texts: Sequence[str], *, batch_size: int,
-                 max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Encodes `texts` in batches -> (token embeddings [n, L, D] float32, mask [n, L] bool).
-
-  L is `max_len`, or the longest batch's length when None.
-  """
-  batches = [encode_batch(encode_fn, list(texts[start:start + batch_size]), max_len)
-             for start in range(0, len(texts), batch_size)]
-  length = max_len or max(e.shape[1] for e, _ in batches)
-  fitted = [fit_length(e, m, length) for e, m in batches]
-  return np.concatenate([e for e, _ in fitted]), np.concatenate([m for _, m in fitted])
-
-
-def evaluate_system(query_encode_fn: EncodeFn, index: DocumentIndex, collection: Collection, *,
-                    scorer: str = "maxsim", k: int = 100, out_run: os.PathLike | str | None = None,
-                    tag: str = "optical_jax", metrics: Sequence[str] = metrics_lib.DEFAULT_METRICS,
-                    batch_size: int = 64, max_len: int | None = None, reduce: str = "mean", query_batch: int = 16,
-                    doc_chunk: int | None = None, mesh: Mesh | None = None
-                    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-  """Encodes the collection's queries, retrieves the top `k` of `index`, optionally writes the TREC run, scores it.
-
-  `query_encode_fn` has the same contract as build_index's `encode_fn`; for scorer="cosine" its tokens are pooled
-  the way the index was. Metrics follow metrics.evaluate_run over the collection's queries (qrels entries for other
-  queries are dropped). Returns (mean metrics, run {qid: {docid: score}}).
-  """
-  qids = list(collection.queries)
-  if not qids:
-    raise UserError(f"collection {collection.name!r} has no queries")
-  tokens, mask = encode_texts(query_encode_fn, [collection.queries[q] for q in qids], batch_size=batch_size,
-                              max_len=max_len)
-  if scorer == "cosine":
-    query_repr, doc_repr = pool_embeddings(tokens, mask, index.pooling), index.pooled
-  else:
-    query_repr, doc_repr = (tokens, mask), (index.token_embeddings, index.mask)
-  scores, indices = search(query_repr, doc_repr, k=k, scorer=scorer, reduce=reduce, query_batch=query_batch,
-                           doc_chunk=doc_chunk, mesh=mesh)
-  run = {qid: {index.doc_ids[i]: float(s) for s, i in zip(scores[row], indices[row])} for row, qid in enumerate(qids)}
-  if out_run is not None:
-    trec.write_run(out_run, run, tag)
-  qrels = {q: judged for q, judged in collection.qrels.items() if q in collection.queries}
-  mean, _ = metrics_lib.evaluate_run(qrels, run, metrics)
-  return mean, run

@@ -117,7 +117,6 @@ def test_ties_go_to_the_lower_index_across_chunks_and_devices():
 
 
 def test_mesh_shards_document_chunks(monkeypatch):
-  # `optical_jax.retrieval.search` is the re-exported function; the module is in sys.modules.
   search_module = sys.modules["optical_jax.retrieval.search"]
   placed = []
   real_put = jax.device_put

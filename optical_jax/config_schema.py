@@ -1,0 +1,127 @@
+"""Every config key: its type, its default (or REQUIRED), its allowed values, and what it means.
+
+The one table behind config loading: a config file's keys and the `--config.a.b=v` overrides are checked against it
+(unknown or misspelt key, wrong type, value outside its choices), and the keys a file leaves out get these defaults,
+so every config can be overridden, trained, evaluated and benchmarked. Cross-field rules live in config.validate.
+No jax import: the CLI loads configs before `jax.distributed` starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+  type: type          # bool | int | float | str | tuple (of ints)
+  default: Any = REQUIRED
+  choices: tuple = ()
+  doc: str = ""
+
+
+OT_GRADS = ("envelope", "implicit", "unroll")
+DTYPES = ("float32", "bfloat16")
+
+SCHEMA: dict[str, Key] = {
+    "seed": Key(int),
+    # Mesh axes; -1 = fill with the rest of the devices.
+    "mesh.data": Key(int), "mesh.fsdp": Key(int), "mesh.tensor": Key(int),
+
+    "student.init": Key(str, doc='HF directory, or "random" (built from the dims below)'),
+    "student.model_type": Key(str, "bert", ("bert", "xlm-roberta"), "random init only"),
+    "student.vocab_size": Key(int, 0, doc="random init only"),
+    "student.hidden_size": Key(int, 0, doc="random init only"),
+    "student.num_layers": Key(int, 0, doc="random init only"),
+    "student.num_heads": Key(int, 0, doc="random init only"),
+    "student.intermediate_size": Key(int, 0, doc="random init only"),
+    "student.max_position_embeddings": Key(int, 512, doc="random init only"),
+    "student.pad_token_id": Key(int, 0, doc="random init only"),
+    "student.projection_dim": Key(int, 0, doc="0 = no projection head"),
+    "student.normalize": Key(bool, False, doc="L2-normalise the head's output"),
+    "student.dtype": Key(str, "float32", DTYPES, "compute dtype (params stay float32)"),
+    "student.freeze_word_embeddings": Key(bool, False),
+    "student.prefix": Key(str, "", doc='prepended to the low-resource text (e.g. "query: " for E5 students)'),
+
+    "teacher.path": Key(str, doc='HF directory; "random" = random tiny BERT; "synthetic" = the generator\'s'),
+    "teacher.dim": Key(int, doc="teacher token width"),
+    "teacher.query_prefix": Key(str, ""),
+    "teacher.passage_prefix": Key(str, ""),
+
+    "data.bitext": Key(str, doc='"synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"'),
+    "data.teacher_store": Key(str, "", doc='"" = WORKDIR/teacher_store'),
+    "data.tfds_data_dir": Key(str, "", doc='"" = WORKDIR/tfds'),
+    "data.strict": Key(bool, False, doc="stop at the first bad bitext line instead of counting and skipping it"),
+    "data.max_len_student": Key(int),
+    "data.max_len_teacher": Key(int),
+    "data.length_buckets": Key(tuple, (), doc="() = off; else increasing student lengths ending at max_len_student"),
+    "data.num_examples": Key(int, 2048, doc="synthetic bitext only"),
+    "data.max_train_pairs": Key(int, 0, doc="seeded sample of the bitext (0 = all)"),
+    "data.sample_seed": Key(int, 0),
+    "data.teacher_batch_size": Key(int, 64),
+    "data.teacher_dtype": Key(str, "float16", ("float16", "bfloat16", "float32"), "teacher store dtype"),
+    "data.examples_per_shard": Key(int, 4096),
+    "data.verify_store": Key(bool, True, doc="check every store shard's sha256 when training opens it"),
+
+    "ot.epsilon": Key(float, doc="entropic regularisation; must match the cost scale (docs/method.md)"),
+    "ot.iterations": Key(int, doc="fixed Sinkhorn iteration count"),
+    "ot.grad": Key(str, "envelope", OT_GRADS),
+    "ot.marginals": Key(str, "uniform", ("uniform", "idf")),
+    "ot.relative_epsilon": Key(str, "", ("", "std", "mean"), '"" = absolute; else epsilon x that statistic of C'),
+    "ot.lse_mode": Key(bool, True, doc="False = kernel-domain Sinkhorn (faster, can underflow)"),
+    "ot.tau_student": Key(float, 1.0, doc="unbalanced OT: 1 = balanced student marginal"),
+    "ot.tau_teacher": Key(float, 1.0, doc="unbalanced OT: 1 = balanced teacher marginal"),
+    "ot.plan_centering": Key(bool, False, doc="solve the plan on sentence-mean-centred tokens"),
+    "ot.tokens": Key(str, "all", ("all", "content"), '"content" = no special / prefix tokens in the OT problem'),
+    "ot.idf_power": Key(float, 1.0, doc='ot.marginals="idf": weight = IDF ** idf_power'),
+
+    "loss.ot_weight": Key(float, 1.0),
+    "loss.mse_weight": Key(float, 0.0, doc="sentence-level MSE distillation baseline"),
+    "loss.english_weight": Key(float, 0.0, doc="English-side term OT(teacher(en), student(en))"),
+
+    "train.batch_size": Key(int, doc="global"),
+    "train.steps": Key(int),
+    "train.lr": Key(float),
+    "train.warmup_steps": Key(int),
+    "train.weight_decay": Key(float),
+    "train.clip_norm": Key(float),
+    "train.checkpoint_every": Key(int),
+    "train.keep_checkpoints": Key(int, 2),
+    "train.log_every": Key(int),
+    "train.max_consecutive_nonfinite": Key(int, 10, doc="skipped non-finite steps in a row before the run fails"),
+    "train.stop_vote_every": Key(int, 1, doc="multi-host: steps between the all-process stop votes"),
+
+    "eval.system": Key(str, "", doc='name of the trained student ("" = from the loss weights)'),
+    "eval.collections": Key(str, "", doc="comma-separated built-in collection names"),
+    "eval.files": Key(str, "", doc='your own collection: "QUERIES.tsv,DOCUMENTS.jsonl,QRELS.txt"'),
+    "eval.num_verses": Key(int, 1000),
+    "eval.num_topical": Key(int, 300),
+    "eval.num_quran": Key(int, 0, doc="0 = all held-out Quran verses"),
+    "eval.seed": Key(int, 0),
+    "eval.max_len_query": Key(int, 0, doc="0 = data.max_len_student"),
+    "eval.max_len_doc": Key(int, 0, doc="0 = data.max_len_teacher"),
+    "eval.batch_size": Key(int, 64),
+    "eval.k": Key(int, 100),
+    "eval.scorers": Key(str, "maxsim,pooled"),
+    "eval.maxsim_tokens": Key(str, "content", ("content", "all")),
+    "eval.baselines": Key(str, "teacher_en,zero_shot", doc="teacher_en, teacher_lr, zero_shot"),
+
+    # `optical-jax bench` measurement knobs.
+    "bench.steps": Key(int, 10, doc="timed train steps of each variant (--steps overrides)"),
+    "bench.warmup_steps": Key(int, 2, doc="untimed steps of every variant after compilation"),
+    "bench.max_rounds": Key(int, 10, doc="timed steps are split into at most this many interleaved rounds"),
+    "bench.num_batches": Key(int, 4, doc="distinct synthetic batches cycled through (same shapes)"),
+    "bench.min_real_frac": Key(float, 0.5, doc="real lengths are uniform in [ceil(frac * L), L]"),
+    "bench.ot_repeats": Key(int, 5, doc="rounds of OT-only timings"),
+    "bench.ot_calls_per_round": Key(int, 5, doc="timed back-to-back OT-only calls per round"),
+    "bench.ot_warmup_calls": Key(int, 1, doc="untimed OT-only calls right before the timed ones"),
+    "bench.loop_repeats": Key(int, 1, doc="rounds that time the per-pair POT loop (--compare)"),
+    "bench.torch_threads": Key(tuple, (0, 1), doc="torch thread counts of the reference (0 = its default)"),
+    "bench.sweep_batch": Key(tuple, (8, 16, 32), doc="--sweep: global batch sizes"),
+    "bench.sweep_student_len": Key(tuple, (16, 32), doc="--sweep: student lengths"),
+    "bench.sweep_iterations": Key(tuple, (10, 50, 100), doc="--sweep: Sinkhorn iteration counts"),
+    "bench.sweep_steps": Key(int, 3, doc="--sweep: timed steps per point and variant"),
+}
+
+SECTIONS = tuple(dict.fromkeys(k.partition(".")[0] for k in SCHEMA if "." in k))

@@ -1,0 +1,97 @@
+"""Real training rows: the bitext's student-side token ids joined by example id with the stored teacher tokens.
+
+The store must have been built by the configured teacher, tokenizer and length (checked before the first step), and
+must hold every training id: anything else stops the run with a message that says which.
+"""
+from __future__ import annotations
+
+import logging
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from optical_jax.data import batch_spec as batch_spec_lib
+from optical_jax.data import encoding, pipeline, teacher_store, tokens
+from optical_jax.data.bitext import load_training_bitext
+from optical_jax.data.report import DataReport
+from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
+from optical_jax.errors import UserError
+
+log = logging.getLogger("optical_jax")
+
+
+def _tokenize(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_token_type_ids=False,
+                  return_tensors="np")
+  return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.TrainingData:
+  workdir = epath.Path(workdir)
+  report = DataReport()
+  bitext = load_training_bitext(config, workdir, report)
+  if jax.process_index() == 0:
+    report.write(workdir / "data_report.json")
+    log.info("bitext: %s", report.summary())
+  root = store_root(config, workdir)
+  if not (root / teacher_store.MANIFEST).exists():
+    raise UserError(f"{root}: no teacher store; run `optical-jax precompute-teacher` with this config first")
+  teacher = load_teacher(config)
+  store = teacher_store.TeacherStore.open(root, expect=teacher_identity(config, teacher),
+                                          verify=config.data.verify_store)
+  known = set(store.ids)
+  missing = [ex.id for ex in bitext if ex.id not in known]
+  if missing:
+    raise UserError(f"{root}: the teacher store lacks {len(missing)} training ids (first: {missing[0]!r}); "
+                    "it was built for other bitext: rerun precompute-teacher into a new store")
+  store_rows = np.asarray([store.index_of(ex.id) for ex in bitext], np.int64)
+  spec = batch_spec_lib.batch_spec(config, teacher_dtype=store.manifest.dtype)
+
+  tokenizer = encoding.student_tokenizer(config)
+  prefix, query_prefix = config.student.prefix, config.teacher.query_prefix
+  student_ids, student_mask = _tokenize(tokenizer, [prefix + ex.source for ex in bitext],
+                                        config.data.max_len_student)
+  # Per-example tables, indexed by example; each batch takes its rows.
+  tables = {"student_ids": student_ids, "student_mask": student_mask}
+  if "english_ids" in spec:
+    # The English-side term runs the student on the English side too: tokenised like the teacher's input (same
+    # prefix, the teacher's max length), but with the student's tokenizer. Never trimmed to a length bucket.
+    tables["english_ids"], tables["english_mask"] = _tokenize(
+        tokenizer, [query_prefix + ex.target for ex in bitext], config.data.max_len_teacher)
+  student_skip = 1 + tokens.prefix_length(tokenizer, prefix)
+  teacher_skip = 1 + tokens.prefix_length(teacher.tokenizer, query_prefix)
+  english_skip = 1 + tokens.prefix_length(tokenizer, query_prefix)
+  if "student_weights" in spec:
+    # IDF over the training bitext, each side in its own vocabulary; the loss renormalises over the OT tokens.
+    # The store holds the teacher's real tokens in tokenizer order: the same tokenization gives their ids.
+    teacher_ids, teacher_id_mask = teacher.tokenize([ex.target for ex in bitext], config.data.max_len_teacher,
+                                                    prefix=query_prefix)
+    stored = np.arange(teacher_id_mask.shape[1])[None] < store.lengths[store_rows][:, None]
+    if not np.array_equal(stored, teacher_id_mask > 0):
+      bad = int(np.flatnonzero((stored != (teacher_id_mask > 0)).any(1))[0])
+      raise UserError(f"{root}: stored teacher token counts differ from the teacher tokenizer's (first: "
+                      f"{bitext[bad].id!r}); rebuild the store")
+    # ot.idf_power sharpens (> 1) or flattens (< 1) the weighting; 1 is plain IDF.
+    power = config.ot.idf_power
+    tables["student_weights"] = tokens.idf_weights(student_ids, student_mask) ** power
+    tables["teacher_weights"] = tokens.idf_weights(teacher_ids, teacher_id_mask) ** power
+  del teacher  # Only its identity and tokenizer were needed: the teacher never runs while training.
+
+  def load_rows(indices: np.ndarray) -> dict[str, np.ndarray]:
+    stored_tokens, stored_mask = store.lookup_batch(store_rows[indices], dtype=store.dtype)
+    batch = {key: table[indices] for key, table in tables.items()}
+    batch.update(teacher_tokens=stored_tokens, teacher_mask=stored_mask)
+    if "student_ot_mask" in spec:
+      batch["student_ot_mask"] = tokens.content_mask(batch["student_mask"], student_skip)
+      batch["teacher_ot_mask"] = tokens.content_mask(batch["teacher_mask"], teacher_skip)
+      if "english_ot_mask" in spec:
+        batch["english_ot_mask"] = tokens.content_mask(batch["english_mask"], english_skip)
+    return batch
+
+  # The store keeps each example's real teacher token count, and its rows are zero-padded after them.
+  return batch_spec_lib.TrainingData(
+      load_rows, len(bitext), int(store.manifest.dim), spec,
+      f"{config.data.bitext} ({len(bitext)} pairs) + teacher store {root}", tokenizer=tokenizer,
+      student_lengths=pipeline.real_lengths(student_mask), teacher_lengths=store.lengths[store_rows].astype(np.int32))

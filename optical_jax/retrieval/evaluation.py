@@ -1,0 +1,135 @@
+"""Retrieval runs: every system's queries against the same English documents, scored, written as TREC files.
+
+A *system* encodes queries (an encoder, a text prefix, and whether it reads the low-resource query or its English
+translation); every system searches the same English documents, encoded once by the teacher (`passage_prefix`).
+Each system is scored two ways: `maxsim` (ColBERT late interaction over token vectors; by default over content
+tokens only) and `pooled` (cosine of the mean of all real token vectors: the standard E5 / sentence-transformers
+pooling). A result is named SYSTEM_SCORER, e.g. `optical_maxsim`.
+
+Written to OUT: `COLLECTION.qrels`, `SYSTEM_SCORER/COLLECTION.run` (TREC, top k), `metrics.json` =
+{"systems": {SYSTEM_SCORER: {COLLECTION: {METRIC: value}}}, "collections": {...}, ...}. Every metric is computed
+from the run file's scores as written (retrieval.metrics, equal to trec_eval), so it can be recomputed from the run
+and qrels files alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from optical_jax import metrics as train_metrics
+from optical_jax import sharding as sharding_lib
+from optical_jax.data import collections as collections_lib
+from optical_jax.errors import UserError
+from optical_jax.retrieval import metrics as metrics_lib
+from optical_jax.retrieval import trec
+from optical_jax.retrieval.encode import encode_texts
+from optical_jax.retrieval.search import rank
+
+log = logging.getLogger("optical_jax")
+
+SCORERS = ("maxsim", "pooled")
+METRICS = metrics_lib.DEFAULT_METRICS  # map, ndcg@10, mrr@10, recall@100, p@10
+
+
+@dataclasses.dataclass
+class System:
+  """How one retrieval system encodes queries."""
+  name: str
+  encoder: Any  # models.Encoder
+  prefix: str = ""
+  head: bool = True  # apply the encoder's projection head (a student trained through one)
+  english: bool = False  # read the collection's English translation of each query (teacher_en)
+
+
+def _all_documents(collections: Sequence[collections_lib.EvalCollection]) -> dict[str, str]:
+  docs: dict[str, str] = {}
+  for c in collections:
+    for docid, text in c.documents.items():
+      if docs.setdefault(docid, text) != text:
+        raise UserError(f"collection {c.name}: document {docid!r} has another text in an earlier collection")
+  return docs
+
+
+def _query_texts(system: System, c: collections_lib.EvalCollection) -> dict[str, str] | None:
+  return c.english_queries if system.english else c.queries
+
+
+def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], systems: Sequence[System], doc_encoder,
+                     out_dir: str | os.PathLike, *, doc_prefix: str = "", scorers: Sequence[str] = ("maxsim", "pooled"),
+                     k: int = 100, max_len_query: int = 48, max_len_doc: int = 48, batch_size: int = 64,
+                     maxsim_tokens: str = "content", metrics: Sequence[str] = METRICS,
+                     shard: bool = True) -> dict[str, Any]:
+  """Runs every system on every collection; writes runs, qrels and metrics.json into out_dir; returns metrics.
+
+  With several devices and `shard`, encoding batches and document chunks are split over all of them.
+  """
+  for s in scorers:
+    if s not in SCORERS:
+      raise UserError(f"unknown scorer {s!r}; use {', '.join(SCORERS)}")
+  out_dir = os.fspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  mesh = None
+  if shard and jax.device_count() > 1:
+    mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
+  started = time.perf_counter()
+  docs = _all_documents(collections)
+  doc_ids = list(docs)
+  doc_row = {d: i for i, d in enumerate(doc_ids)}
+  log.info("encoding %d English documents with the teacher", len(doc_ids))
+  doc_enc = encode_texts(doc_encoder, [docs[d] for d in doc_ids], prefix=doc_prefix, max_len=max_len_doc,
+                         batch_size=batch_size, head=False, maxsim_tokens=maxsim_tokens, mesh=mesh,
+                         desc="documents (teacher)")
+  for c in collections:
+    trec.write_qrels(os.path.join(out_dir, f"{c.name}.qrels"), c.qrels)
+
+  results: dict[str, dict[str, dict[str, float]]] = {}
+  timings: dict[str, float] = {}
+  for system in systems:
+    t0 = time.perf_counter()
+    texts = sorted({t for c in collections if _query_texts(system, c) for t in _query_texts(system, c).values()})
+    if not texts:
+      continue
+    enc = encode_texts(system.encoder, texts, prefix=system.prefix, max_len=max_len_query, batch_size=batch_size,
+                       head=system.head, maxsim_tokens=maxsim_tokens, mesh=mesh, desc=f"queries ({system.name})")
+    text_row = {t: i for i, t in enumerate(texts)}
+    jobs = [(c, s) for c in collections if _query_texts(system, c) for s in scorers]
+    for c, scorer in tqdm.tqdm(jobs, desc=f"search ({system.name})", disable=not train_metrics.progress_enabled(), leave=False):
+      query_texts = _query_texts(system, c)
+      qids = list(query_texts)
+      q = enc.take(np.asarray([text_row[query_texts[qid]] for qid in qids]))
+      rows = np.asarray([doc_row[d] for d in c.documents])
+      scores, index = rank(q, doc_enc.take(rows), scorer, k=k + int(c.exclude_self), mesh=mesh)
+      run = {}
+      for qid, s_row, i_row in zip(qids, scores, index):
+        ranked = [(doc_ids[rows[i]], float(s)) for s, i in zip(s_row, i_row)]
+        if c.exclude_self:
+          ranked = [(d, s) for d, s in ranked if d != qid]
+        run[qid] = dict(ranked[:k])
+      name = f"{system.name}_{scorer}"
+      trec.write_run(os.path.join(out_dir, name, f"{c.name}.run"), run, name)
+      # Scored from the run as written (same floats): the figures are recomputable from the files.
+      mean, _ = metrics_lib.evaluate_run(c.qrels, trec.read_run(os.path.join(out_dir, name, f"{c.name}.run")),
+                                         metrics)
+      results.setdefault(name, {})[c.name] = mean
+    timings[system.name] = time.perf_counter() - t0
+  summary = {
+      "systems": results,
+      "collections": {c.name: {"queries": len(c.queries), "documents": len(c.documents),
+                               "relevant": sum(len(j) for j in c.qrels.values()), "exclude_self": c.exclude_self,
+                               "language": c.language, "description": c.description} for c in collections},
+      "scorers": list(scorers), "maxsim_tokens": maxsim_tokens, "k": k, "metrics": list(metrics),
+      "seconds": {"total": time.perf_counter() - started, **timings},
+  }
+  with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+  return summary
