@@ -104,10 +104,10 @@ def run(argv: Sequence[str]) -> int:
     from optical_jax import evaluate
     evaluate.evaluate(_load(args, overrides), args.workdir)
   elif args.command == "bench":
-    from optical_jax import bench
+    from optical_jax.bench import runner as bench_runner
     from optical_jax.bench import settings as bench_settings
-    bench.main(bench_settings.load_config(args.config, overrides), compare=args.compare, sweep=args.sweep,
-               json_path=args.json_path, steps=args.steps)
+    bench_runner.main(bench_settings.load_config(args.config, overrides), compare=args.compare, sweep=args.sweep,
+                      json_path=args.json_path, steps=args.steps)
   elif args.command == "export":
     from optical_jax import export
     export.export(args.workdir, args.out)

@@ -14,10 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from optical_jax import bench
 from optical_jax import cli
 from optical_jax import config as config_lib
 from optical_jax import sharding
+from optical_jax.bench import formulas
+from optical_jax.bench import runner
 from optical_jax.bench import settings as settings_lib
 from optical_jax.bench import sweep as sweep_lib
 from optical_jax.bench import timing
@@ -42,7 +43,7 @@ def _tiny_config(*overrides):
 @pytest.fixture(scope="module")
 def compare_result(tmp_path_factory):
   path = tmp_path_factory.mktemp("bench") / "bench.json"
-  result = bench.main(_tiny_config(), compare=True, json_path=str(path), steps=2)
+  result = runner.main(_tiny_config(), compare=True, json_path=str(path), steps=2)
   return result, json.loads(path.read_text())
 
 
@@ -121,9 +122,9 @@ def test_make_batches_are_sharded_prefix_masked_and_padded():
 
 
 def test_ot_share_and_settings():
-  assert bench.ot_share(2.0, 1.5) == pytest.approx(0.25)
-  assert bench.ot_share(1.0, 1.2) == 0.0  # noise can make the MSE twin slower: clipped
-  assert bench.ot_share(1.0, None) == 0.0 and bench.ot_share(None, None) is None
+  assert formulas.ot_share(2.0, 1.5) == pytest.approx(0.25)
+  assert formulas.ot_share(1.0, 1.2) == 0.0  # noise can make the MSE twin slower: clipped
+  assert formulas.ot_share(1.0, None) == 0.0 and formulas.ot_share(None, None) is None
   assert train_bench.mse_variant(_tiny_config("loss.ot_weight=0.0", "loss.mse_weight=1.0")) is None
   mse = train_bench.mse_variant(_tiny_config())
   assert (mse.loss.ot_weight, mse.loss.mse_weight) == (0.0, 1.0)
@@ -132,7 +133,7 @@ def test_ot_share_and_settings():
   with pytest.raises(UserError, match="bench.not_a_knob"):
     train_bench.bench_settings(config)
   with pytest.raises(UserError, match="--steps"):
-    bench.run(_tiny_config(), steps=0, watch=None)
+    runner.run(_tiny_config(), steps=0, watch=None)
 
 
 def test_settings_defaults_come_from_one_table_and_reach_configs_without_a_bench_section():
