@@ -4,11 +4,12 @@ No timing assertions: the machine is shared. Values are checked against independ
 B*Ls/t), POT's loss on the same inputs, and the structure of the batches.
 """
 import csv
-import importlib.util
 import json
 import math
 import pathlib
+import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -24,9 +25,6 @@ from optical_jax.bench import sweep as sweep_lib
 from optical_jax.bench import timing
 from optical_jax.bench import train_bench
 from optical_jax.errors import UserError
-
-if importlib.util.find_spec("benchmarks") is None:  # pytest run without the repo root on sys.path
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # Tiny shapes: 1 layer, hidden 32, projection to the teacher's 16 dims, 8 pairs (one per simulated device).
 TINY = ["student.num_layers=1", "student.hidden_size=32", "student.num_heads=2", "student.intermediate_size=64",
@@ -92,6 +90,7 @@ def test_compare_ratios(compare_result):
   assert k["step_time_ratio_vs_torch"] == pytest.approx(written["step_time_median_s"] / k["torch_step_time_median_s"])
   assert k["identical_computation"] and not k["differences"]
   assert k["reference"]["config"]["projection_dim"] == 16 and k["torch_losses_finite"]
+  assert "benchmarks" not in sys.modules  # the peer ships in the package: no repository checkout needed
   # Identical inputs, converged (100 iterations at eps 0.1): the three solvers give the same <P, C>.
   values = k["ot_loss_value"]
   assert values["pot_batched"] == pytest.approx(values["optical_jax"], rel=1e-3)
@@ -162,6 +161,24 @@ def test_cli_rejects_bad_steps(capsys):
   assert "--steps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module", ["torch", "ot"])
+def test_compare_without_the_compare_extra_is_one_line(module):
+  # A fresh process, as if the extra were not installed: blocking torch here would leave POT imported without its
+  # torch backend for the tests that run after this one.
+  code = textwrap.dedent(f"""
+      import sys
+      class NotInstalled:
+        def find_spec(self, name, path=None, target=None):
+          if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+      sys.meta_path.insert(0, NotInstalled())
+      from optical_jax import cli
+      sys.exit(cli.main(["bench", "--config", "configs/tiny.py", "--compare"]))""")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr == "optical-jax: error: --compare needs torch and POT: pip install 'optical_jax[compare]'\n"
+
+
 def test_bench_cpu_config_is_the_demo_student():
   config = config_lib.load_config("configs/bench_cpu.py")
   s = config.student
@@ -202,7 +219,7 @@ def test_run_sweep_one_point(tmp_path):
 
 def test_reference_freeze_word_embeddings():
   import torch
-  from benchmarks import torch_reference as ref
+  from optical_jax.bench import torch_reference as ref
   cfg = ref.ReferenceConfig(batch=4, student_len=8, teacher_len=12, hidden=32, layers=1, heads=2, ffn=64, vocab=100,
                             iterations=10, lr=1e-2, freeze_word_embeddings=True)
   step = ref.make_reference_step(cfg)

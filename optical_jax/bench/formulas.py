@@ -1,4 +1,4 @@
-"""The benchmark's derived figures, shared by the main run and the sweep: FLOPs of a config's step, tokens/s, OT share."""
+"""The benchmark's derived figures, shared by the main run and the sweep: a step's FLOPs, tokens/s, OT share."""
 from __future__ import annotations
 
 import ml_collections

@@ -82,6 +82,17 @@ def check_single_process(compare: bool) -> None:
                     "processes: run `optical-jax bench --compare` on one host, without --distributed")
 
 
+def _import_peer():
+  """bench/peer.py, which imports torch and POT: the `compare` extra, so a run without --compare never needs them."""
+  try:
+    from optical_jax.bench import peer  # pylint: disable=import-outside-toplevel
+  except ModuleNotFoundError as e:
+    if (e.name or "").split(".")[0] not in ("torch", "ot"):
+      raise
+    raise UserError("--compare needs torch and POT: pip install 'optical_jax[compare]'") from e
+  return peer
+
+
 def run(config: ml_collections.ConfigDict, *, compare: bool = False, steps: int | None = None,
         watch: timing.CompileWatch) -> dict[str, Any]:
   """The benchmark's measurements as one JSON-ready dict (no printing, no files).
@@ -92,6 +103,7 @@ def run(config: ml_collections.ConfigDict, *, compare: bool = False, steps: int 
   if steps is not None and steps < 1:
     raise UserError(f"--steps must be >= 1, got {steps}")
   check_single_process(compare)
+  peer_lib = _import_peer() if compare else None  # before any device work: a missing torch fails in a second
   config = distributed.agree_on_config(config)
   settings = bench_settings(config)
   steps = settings.steps if steps is None else steps
@@ -110,11 +122,9 @@ def run(config: ml_collections.ConfigDict, *, compare: bool = False, steps: int 
   compile_info = {"train_step": bench.compile(watch)}
 
   peer = differences = None
-  if compare:
-    from optical_jax.bench import peer as peer_lib  # torch / POT only when asked for
-    ref = peer_lib.load_reference()
-    ref_cfg, differences = peer_lib.reference_config(ref, config, encoder_config, settings.min_real_frac)
-    peer = peer_lib.TorchPeer(ref, ref_cfg, tuple(settings.torch_threads))
+  if peer_lib is not None:
+    ref_cfg, differences = peer_lib.reference_config(config, encoder_config, settings.min_real_frac)
+    peer = peer_lib.TorchPeer(ref_cfg, tuple(settings.torch_threads))
     inputs = peer.ot_inputs()
   else:
     inputs = ot_inputs(config, int(config.teacher.dim), settings.min_real_frac, seed=config.seed)
