@@ -113,8 +113,8 @@ def run(argv: Sequence[str]) -> int:
     export.export(args.workdir, args.out)
     print(f"wrote {args.out}")
   elif args.command == "demo":
-    from optical_jax import demo
-    demo.main(args.workdir, setting=args.setting, ablations=args.ablations)
+    from optical_jax.demo import runner as demo_runner
+    demo_runner.main(args.workdir, setting=args.setting, ablations=args.ablations)
   elif args.command == "assets":
     from optical_jax import assets
     paths = assets.prepare_assets(tuple(args.names), cache_dir=args.cache_dir)
