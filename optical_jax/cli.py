@@ -104,17 +104,17 @@ def run(argv: Sequence[str]) -> int:
     from optical_jax import evaluate
     evaluate.evaluate(_load(args, overrides), args.workdir)
   elif args.command == "bench":
-    from optical_jax import bench
+    from optical_jax.bench import runner as bench_runner
     from optical_jax.bench import settings as bench_settings
-    bench.main(bench_settings.load_config(args.config, overrides), compare=args.compare, sweep=args.sweep,
-               json_path=args.json_path, steps=args.steps)
+    bench_runner.main(bench_settings.load_config(args.config, overrides), compare=args.compare, sweep=args.sweep,
+                      json_path=args.json_path, steps=args.steps)
   elif args.command == "export":
     from optical_jax import export
     export.export(args.workdir, args.out)
     print(f"wrote {args.out}")
   elif args.command == "demo":
-    from optical_jax import demo
-    demo.main(args.workdir, setting=args.setting, ablations=args.ablations)
+    from optical_jax.demo import runner as demo_runner
+    demo_runner.main(args.workdir, setting=args.setting, ablations=args.ablations)
   elif args.command == "assets":
     from optical_jax import assets
     paths = assets.prepare_assets(tuple(args.names), cache_dir=args.cache_dir)

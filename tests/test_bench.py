@@ -4,28 +4,27 @@ No timing assertions: the machine is shared. Values are checked against independ
 B*Ls/t), POT's loss on the same inputs, and the structure of the batches.
 """
 import csv
-import importlib.util
 import json
 import math
 import pathlib
+import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-from optical_jax import bench
 from optical_jax import cli
 from optical_jax import config as config_lib
 from optical_jax import sharding
+from optical_jax.bench import formulas
+from optical_jax.bench import runner
 from optical_jax.bench import settings as settings_lib
 from optical_jax.bench import sweep as sweep_lib
 from optical_jax.bench import timing
 from optical_jax.bench import train_bench
 from optical_jax.errors import UserError
-
-if importlib.util.find_spec("benchmarks") is None:  # pytest run without the repo root on sys.path
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # Tiny shapes: 1 layer, hidden 32, projection to the teacher's 16 dims, 8 pairs (one per simulated device).
 TINY = ["student.num_layers=1", "student.hidden_size=32", "student.num_heads=2", "student.intermediate_size=64",
@@ -42,7 +41,7 @@ def _tiny_config(*overrides):
 @pytest.fixture(scope="module")
 def compare_result(tmp_path_factory):
   path = tmp_path_factory.mktemp("bench") / "bench.json"
-  result = bench.main(_tiny_config(), compare=True, json_path=str(path), steps=2)
+  result = runner.main(_tiny_config(), compare=True, json_path=str(path), steps=2)
   return result, json.loads(path.read_text())
 
 
@@ -91,6 +90,7 @@ def test_compare_ratios(compare_result):
   assert k["step_time_ratio_vs_torch"] == pytest.approx(written["step_time_median_s"] / k["torch_step_time_median_s"])
   assert k["identical_computation"] and not k["differences"]
   assert k["reference"]["config"]["projection_dim"] == 16 and k["torch_losses_finite"]
+  assert "benchmarks" not in sys.modules  # the peer ships in the package: no repository checkout needed
   # Identical inputs, converged (100 iterations at eps 0.1): the three solvers give the same <P, C>.
   values = k["ot_loss_value"]
   assert values["pot_batched"] == pytest.approx(values["optical_jax"], rel=1e-3)
@@ -121,9 +121,9 @@ def test_make_batches_are_sharded_prefix_masked_and_padded():
 
 
 def test_ot_share_and_settings():
-  assert bench.ot_share(2.0, 1.5) == pytest.approx(0.25)
-  assert bench.ot_share(1.0, 1.2) == 0.0  # noise can make the MSE twin slower: clipped
-  assert bench.ot_share(1.0, None) == 0.0 and bench.ot_share(None, None) is None
+  assert formulas.ot_share(2.0, 1.5) == pytest.approx(0.25)
+  assert formulas.ot_share(1.0, 1.2) == 0.0  # noise can make the MSE twin slower: clipped
+  assert formulas.ot_share(1.0, None) == 0.0 and formulas.ot_share(None, None) is None
   assert train_bench.mse_variant(_tiny_config("loss.ot_weight=0.0", "loss.mse_weight=1.0")) is None
   mse = train_bench.mse_variant(_tiny_config())
   assert (mse.loss.ot_weight, mse.loss.mse_weight) == (0.0, 1.0)
@@ -132,7 +132,7 @@ def test_ot_share_and_settings():
   with pytest.raises(UserError, match="bench.not_a_knob"):
     train_bench.bench_settings(config)
   with pytest.raises(UserError, match="--steps"):
-    bench.run(_tiny_config(), steps=0, watch=None)
+    runner.run(_tiny_config(), steps=0, watch=None)
 
 
 def test_settings_defaults_come_from_one_table_and_reach_configs_without_a_bench_section():
@@ -159,6 +159,24 @@ def test_settings_defaults_come_from_one_table_and_reach_configs_without_a_bench
 def test_cli_rejects_bad_steps(capsys):
   assert cli.main(["bench", "--config", "configs/tiny.py", "--steps", "0"]) == 2
   assert "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["torch", "ot"])
+def test_compare_without_the_compare_extra_is_one_line(module):
+  # A fresh process, as if the extra were not installed: blocking torch here would leave POT imported without its
+  # torch backend for the tests that run after this one.
+  code = textwrap.dedent(f"""
+      import sys
+      class NotInstalled:
+        def find_spec(self, name, path=None, target=None):
+          if name.split(".")[0] == {module!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+      sys.meta_path.insert(0, NotInstalled())
+      from optical_jax import cli
+      sys.exit(cli.main(["bench", "--config", "configs/tiny.py", "--compare"]))""")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr == "optical-jax: error: --compare needs torch and POT: pip install 'optical_jax[compare]'\n"
 
 
 def test_bench_cpu_config_is_the_demo_student():
@@ -201,7 +219,7 @@ def test_run_sweep_one_point(tmp_path):
 
 def test_reference_freeze_word_embeddings():
   import torch
-  from benchmarks import torch_reference as ref
+  from optical_jax.bench import torch_reference as ref
   cfg = ref.ReferenceConfig(batch=4, student_len=8, teacher_len=12, hidden=32, layers=1, heads=2, ffn=64, vocab=100,
                             iterations=10, lr=1e-2, freeze_word_embeddings=True)
   step = ref.make_reference_step(cfg)

@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from optical_jax import demo
-from optical_jax.demo import ablations, report, synthetic
+from optical_jax.demo import ablations, phases, report, synthetic
+from optical_jax.demo.settings import TINY_STEPS, configs_dir
 
 from test_evaluate import assert_recomputable  # tests/ is on sys.path (rootdir-style test imports)
 
@@ -43,7 +43,7 @@ def test_tiny_demo_writes_every_output(demo_dir):
   for plot in results["files"]["plots"]:
     assert (workdir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert {"optical", "mse_distill"} == set(results["training"])
-  assert all(t["final_step"] == demo.TINY_STEPS for t in results["training"].values())
+  assert all(t["final_step"] == TINY_STEPS for t in results["training"].values())
   md = (workdir / "results.md").read_text()
   assert "SYNTHETIC" in md and "| optical_maxsim |" in md
   assert "SYNTHETIC" in stdout and "optical_pooled" in stdout
@@ -81,7 +81,6 @@ def test_target_check_and_ablation_table():
 
 
 def test_every_ablation_variant_is_a_valid_config(tmp_path):
-  from optical_jax.demo import configs_dir
   names = [v.name for v in ablations.VARIANTS]
   assert len(names) == len(set(names))
   for variant in ablations.VARIANTS:
@@ -123,7 +122,6 @@ def test_ablations_reuse_the_demo_student_only_when_it_is_the_same_run(tmp_path)
   import jax.numpy as jnp
   from optical_jax import checkpointing
   from optical_jax import config as config_lib
-  from optical_jax.demo import configs_dir
   optical = next(v for v in ablations.VARIANTS if v.name == "optical")
   config = ablations.variant_config(configs_dir(), optical, tmp_path)
   train_dir = tmp_path / "train" / "optical"
@@ -148,7 +146,7 @@ def test_ablations_reuse_the_demo_student_only_when_it_is_the_same_run(tmp_path)
 def test_a_training_stopped_by_sigterm_stops_the_demo(capsys):
   import ml_collections
   config = ml_collections.ConfigDict(dict(train=dict(steps=300)))
-  demo.stop_if_interrupted("optical", {"final_step": 300}, config)  # finished: goes on
+  phases.stop_if_interrupted("optical", {"final_step": 300}, config)  # finished: goes on
   with pytest.raises(SystemExit) as exit_info:
-    demo.stop_if_interrupted("optical", {"final_step": 120}, config)
+    phases.stop_if_interrupted("optical", {"final_step": 120}, config)
   assert exit_info.value.code == 0 and "stopped at step 120 of 300" in capsys.readouterr().out

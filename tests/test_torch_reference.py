@@ -1,20 +1,16 @@
-"""benchmarks.torch_reference: both POT OT losses against a numpy log-domain Sinkhorn, and the reference step."""
+"""bench.torch_reference (the --compare peer): both POT OT losses against a numpy log-domain Sinkhorn; the step."""
 import dataclasses
 import importlib.util
 import json
 import pathlib
-import sys
 
 import numpy as np
 import ot
 import pytest
 import torch
 
-if importlib.util.find_spec("benchmarks") is None:  # `pytest` run without the repo root on sys.path
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from benchmarks import torch_reference as ref  # noqa: E402
-from optical_jax.errors import UserError  # noqa: E402
+from optical_jax.bench import torch_reference as ref
+from optical_jax.errors import UserError
 
 TINY = ref.ReferenceConfig(batch=4, student_len=8, teacher_len=12, hidden=32, layers=2, heads=4, ffn=64, vocab=100,
                            iterations=20, lr=1e-3)

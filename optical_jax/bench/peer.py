@@ -1,41 +1,24 @@
-"""The PyTorch + POT peer of `optical-jax bench --compare` (benchmarks/torch_reference.py), at optical_jax's shapes.
+"""The PyTorch + POT peer of `optical-jax bench --compare` (bench/torch_reference.py), at optical_jax's shapes.
 
-The reference lives in the repository's `benchmarks/` directory, not in the installed package, and needs the test
-extras (torch, transformers, POT). `load_reference` finds it from the working directory or the source checkout.
+Imports torch and POT (the `compare` extra): runner.py imports this module only when `--compare` is given.
 """
 from __future__ import annotations
 
-import importlib
-import pathlib
-import sys
+import dataclasses
 import time
 from typing import Any
 
 import ml_collections
 import numpy as np
+import ot
+import torch
+import transformers
 
-from optical_jax.errors import UserError
-
-
-def load_reference():
-  """Imports benchmarks.torch_reference (adding the repository root to sys.path if needed)."""
-  try:
-    return importlib.import_module("benchmarks.torch_reference")
-  except ModuleNotFoundError as e:
-    missing = e.name or ""
-    if missing not in ("benchmarks", "benchmarks.torch_reference"):
-      raise UserError(f"--compare needs torch, transformers and POT (pip install 'optical_jax[test]'): {e}") from e
-  for root in (pathlib.Path.cwd(), pathlib.Path(__file__).resolve().parents[2]):
-    if (root / "benchmarks" / "torch_reference.py").is_file():
-      sys.path.insert(0, str(root))
-      try:
-        return importlib.import_module("benchmarks.torch_reference")
-      except ModuleNotFoundError as e:
-        raise UserError(f"--compare needs torch, transformers and POT (pip install 'optical_jax[test]'): {e}") from e
-  raise UserError("--compare needs benchmarks/torch_reference.py: run from the optical_jax repository root")
+from optical_jax.bench import timing
+from optical_jax.bench import torch_reference as ref
 
 
-def reference_config(ref, config: ml_collections.ConfigDict, encoder_config, min_real_frac: float):
+def reference_config(config: ml_collections.ConfigDict, encoder_config, min_real_frac: float):
   """The reference's config at the step's shapes, and the list of ways it is not the identical computation."""
   s = config.student
   cfg = ref.ReferenceConfig(
@@ -71,9 +54,8 @@ def reference_config(ref, config: ml_collections.ConfigDict, encoder_config, min
 class TorchPeer:
   """One reference model; its step and the POT losses can run at several torch thread counts."""
 
-  def __init__(self, ref, cfg, threads: tuple[int, ...]):
-    import torch  # pylint: disable=import-outside-toplevel
-    self.torch, self.ref, self.cfg = torch, ref, cfg
+  def __init__(self, cfg: ref.ReferenceConfig, threads: tuple[int, ...]):
+    self.cfg = cfg
     self.default_threads = torch.get_num_threads()
     self.threads = tuple(dict.fromkeys(int(t) or self.default_threads for t in threads))
     self.step = ref.make_reference_step(cfg)
@@ -90,8 +72,7 @@ class TorchPeer:
     return f"{threads}{' (default)' if threads == self.default_threads else ''}"
 
   def run_step(self, threads: int) -> list[float]:
-    from optical_jax.bench import timing  # pylint: disable=import-outside-toplevel
-    self.torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
       cpu_start, faults_start = timing.process_usage()
       start = time.perf_counter()
@@ -102,12 +83,12 @@ class TorchPeer:
       self.page_faults[threads].append(faults_end - faults_start)
       return [duration]
     finally:
-      self.torch.set_num_threads(self.default_threads)
+      torch.set_num_threads(self.default_threads)
 
   def ot_inputs(self) -> dict[str, np.ndarray]:
     """The OT-loss inputs both sides time: the reference's masks and teacher tokens, random student tokens."""
-    g = self.torch.Generator().manual_seed(self.cfg.seed + 1)
-    student = self.torch.randn(self.cfg.batch, self.cfg.student_len, self.cfg.output_dim, generator=g)
+    g = torch.Generator().manual_seed(self.cfg.seed + 1)
+    student = torch.randn(self.cfg.batch, self.cfg.student_len, self.cfg.output_dim, generator=g)
     return {"student_tokens": student.numpy(), "student_mask": self.batch["attention_mask"].numpy().astype(np.int32),
             "teacher_tokens": self.batch["teacher_tokens"].numpy(),
             "teacher_mask": self.batch["teacher_mask"].numpy().astype(np.int32)}
@@ -116,12 +97,11 @@ class TorchPeer:
              warmup: int = 0) -> list[float]:
     """`warmup` untimed, then n timed forward + backward passes of a POT loss on `inputs`, back to back; returns
     the n durations and keeps their forward parts apart."""
-    torch = self.torch
     threads = threads or self.default_threads
     torch.set_num_threads(threads)
     try:
       masks = {k: torch.from_numpy(inputs[k]).long() for k in ("student_mask", "teacher_mask")}
-      forwards, durations, loss = self.ref.ot_loss_timings(
+      forwards, durations, loss = ref.ot_loss_timings(
           variant, torch.from_numpy(inputs["student_tokens"]), masks["student_mask"],
           torch.from_numpy(inputs["teacher_tokens"]), masks["teacher_mask"], epsilon=self.cfg.epsilon,
           iterations=self.cfg.iterations, calls=n, warmup=warmup)
@@ -132,11 +112,8 @@ class TorchPeer:
     return durations
 
   def describe(self) -> dict[str, Any]:
-    import dataclasses  # pylint: disable=import-outside-toplevel
-    import ot  # pylint: disable=import-outside-toplevel
-    import transformers  # pylint: disable=import-outside-toplevel
     return {"peer": "PyTorch eager (transformers) + POT", "config": dataclasses.asdict(self.cfg),
-            "versions": {"torch": self.torch.__version__, "transformers": transformers.__version__,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "pot": ot.__version__},
             "torch_default_threads": self.default_threads, "num_parameters": self.num_parameters,
             "real_tokens_per_batch": self.real_tokens_per_batch}

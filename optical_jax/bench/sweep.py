@@ -21,6 +21,7 @@ from optical_jax import config as config_lib
 from optical_jax import flops as flops_lib
 from optical_jax import sharding as sharding_lib
 from optical_jax.bench import timing
+from optical_jax.bench.formulas import ot_share, throughput, train_step_flops
 from optical_jax.bench.settings import bench_settings
 from optical_jax.bench.train_bench import TrainStepBench, mse_variant
 from optical_jax.errors import UserError
@@ -41,8 +42,6 @@ def _point(config: ml_collections.ConfigDict, batch: int, student_len: int, iter
 
 def run_sweep(config: ml_collections.ConfigDict, *, watch: timing.CompileWatch, json_path: str | None
               ) -> dict[str, Any]:
-  # Deferred: the formulas live in the package root, which imports this module lazily.
-  from optical_jax.bench import ot_share, throughput, train_step_flops  # pylint: disable=import-outside-toplevel
   settings = bench_settings(config)
   mesh = sharding_lib.create_mesh(config.mesh)
   devices = list(mesh.devices.flat)
@@ -112,6 +111,7 @@ def write_csv(rows: list[dict[str, Any]], path: str) -> None:
 
 def plot(rows: list[dict[str, Any]], files: dict[str, str], reference_iterations: int) -> None:
   """Throughput and MFU against batch (one line per student length), OT share against iterations."""
+  # Here, not at the top: only --sweep plots, and the Agg backend must be chosen before pyplot is imported.
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

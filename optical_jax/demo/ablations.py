@@ -19,6 +19,17 @@ from typing import Any
 
 import ml_collections
 
+from optical_jax import checkpointing
+from optical_jax import config as config_lib
+from optical_jax import evaluate
+from optical_jax import export
+from optical_jax import metrics as metrics_lib
+from optical_jax import precompute
+from optical_jax import train
+from optical_jax.demo import report
+from optical_jax.demo.phases import Phases, stop_if_interrupted
+from optical_jax.demo.settings import configs_dir
+
 COLLECTIONS = "bible_sw_en,bible_xref_sw_en"
 PAIRED = ("bible_sw_en", "mse_distill_maxsim")  # every variant against the MSE baseline, per query (MRR@10)
 
@@ -54,8 +65,6 @@ NOT_RUN: dict[str, str] = {
 
 
 def variant_config(base_dir: pathlib.Path, variant: Variant, workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  from optical_jax import config as config_lib
-  from optical_jax import evaluate
   config = config_lib.load_config(f"{base_dir / 'demo_sw.py'}:{variant.objective}", list(variant.overrides))
   config.data.tfds_data_dir = str(workdir / "tfds")
   config.data.teacher_store = str(workdir / "teacher_store")
@@ -68,8 +77,6 @@ def variant_config(base_dir: pathlib.Path, variant: Variant, workdir: pathlib.Pa
 def demo_student_dir(workdir: pathlib.Path, variant: Variant, config: ml_collections.ConfigDict
                      ) -> pathlib.Path | None:
   """The demo's own student (DIR/train/OBJECTIVE) when this variant is exactly it and it is trained to the end."""
-  from optical_jax import checkpointing
-  from optical_jax import config as config_lib
   path = workdir / "train" / variant.objective
   if variant.overrides or not (path / "config.json").exists():
     return None
@@ -83,16 +90,13 @@ def demo_student_dir(workdir: pathlib.Path, variant: Variant, config: ml_collect
 
 
 def _final_loss(train_dir: pathlib.Path) -> float | None:
-  from optical_jax import metrics as metrics_lib
   rows = metrics_lib.read_metrics(train_dir)
   return rows[-1].get("loss") if rows else None
 
 
-def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, phases,
+def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, phases: Phases,
         variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
   """Trains and evaluates every variant (resumable), then writes the ablation table."""
-  from optical_jax import evaluate, export, precompute, train
-  from optical_jax.demo import configs_dir, report, stop_if_interrupted
   del configs  # the variants are built from configs/demo_sw.py directly
   out = workdir / "ablations"
   variant_configs = {v.name: variant_config(configs_dir(), v, workdir) for v in variants}

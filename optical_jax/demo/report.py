@@ -9,6 +9,11 @@ from typing import Any
 
 import ml_collections
 
+from optical_jax import metrics as training_metrics
+from optical_jax import plots
+from optical_jax.retrieval import metrics as retrieval_metrics
+from optical_jax.retrieval import trec
+
 TABLE_METRICS = ("mrr@10", "ndcg@10", "map", "recall@100", "p@10")
 TARGET_COLLECTION, TARGET_METRIC = "bible_sw_en", "mrr@10"
 
@@ -31,17 +36,15 @@ SYSTEMS = {
 def paired_from_runs(eval_dir: os.PathLike | str, collection: str, system: str, baseline: str,
                      metric: str = TARGET_METRIC) -> dict[str, float] | None:
   """system - baseline on `metric`, paired by query, recomputed from the TREC run and qrels files in eval_dir."""
-  from optical_jax.retrieval import metrics as metrics_lib
-  from optical_jax.retrieval import trec
   eval_dir = pathlib.Path(eval_dir)
   paths = [eval_dir / f"{collection}.qrels", eval_dir / system / f"{collection}.run",
            eval_dir / baseline / f"{collection}.run"]
   if not all(p.exists() for p in paths):
     return None
   qrels = trec.read_qrels(paths[0])
-  _, a = metrics_lib.evaluate_run(qrels, trec.read_run(paths[1]), [metric])
-  _, b = metrics_lib.evaluate_run(qrels, trec.read_run(paths[2]), [metric])
-  return metrics_lib.paired_difference(a, b, metric)
+  _, a = retrieval_metrics.evaluate_run(qrels, trec.read_run(paths[1]), [metric])
+  _, b = retrieval_metrics.evaluate_run(qrels, trec.read_run(paths[2]), [metric])
+  return retrieval_metrics.paired_difference(a, b, metric)
 
 
 def target_check(systems: Mapping[str, Mapping[str, Mapping[str, float]]],
@@ -64,18 +67,16 @@ def target_check(systems: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 
 def _training_rows(workdir: pathlib.Path, names: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-  from optical_jax import metrics as metrics_lib
   out = {}
   for name in names:
     path = workdir / "train" / name
     if (path / "metrics.jsonl").exists():
-      out[name] = metrics_lib.read_metrics(path)
+      out[name] = training_metrics.read_metrics(path)
   return out
 
 
 def write_results(workdir: pathlib.Path, setting: str, configs: Mapping[str, ml_collections.ConfigDict],
                   training: Mapping[str, Mapping[str, Any]], summary: Mapping[str, Any], phases) -> dict[str, Any]:
-  from optical_jax import plots
   plot_dir = workdir / "plots"
   plot_dir.mkdir(parents=True, exist_ok=True)
   written = [plots.training_curves(_training_rows(workdir, list(configs)), plot_dir / "training_curves.png")]

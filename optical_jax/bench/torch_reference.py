@@ -16,10 +16,11 @@ iterations; that is part of the peer). The two update in opposite orders (POT's 
 potential first, `sinkhorn_log` the column potential), so before convergence their plans differ slightly.
 
 Inputs are synthetic and seeded: random token ids with random real lengths, random teacher vectors. Nothing is
-read from disk or the network.
+read from disk or the network. torch and POT are the `compare` extra (pip install 'optical_jax[compare]'): the
+package imports this module only for `--compare` (bench/peer.py).
 
-  python -m benchmarks.torch_reference --help
-  python -m benchmarks.torch_reference --batch 32 --student-len 32 --teacher-len 128 --steps 3 --warmup 1
+  python -m optical_jax.bench.torch_reference --help
+  python -m optical_jax.bench.torch_reference --batch 32 --student-len 32 --teacher-len 128 --steps 3 --warmup 1
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import ot
 import torch
 import transformers
 
+from optical_jax import flops
 from optical_jax.errors import UserError
 
 OT_VARIANTS = ("pot_batched", "pot_loop")
@@ -293,8 +295,6 @@ def time_reference(cfg: ReferenceConfig, *, steps: int, warmup: int, ot_repeats:
   """
   if steps <= 0 or warmup < 0:
     raise UserError(f"reference timing: steps={steps} must be > 0 and warmup={warmup} >= 0")
-  from optical_jax import flops  # the MFU numerator shared with optical-jax bench
-
   batch = synthetic_batch(cfg)
   step = make_reference_step(cfg)
   losses, times = [], []
@@ -304,7 +304,7 @@ def time_reference(cfg: ReferenceConfig, *, steps: int, warmup: int, ot_repeats:
     if i >= warmup:
       times.append(time.perf_counter() - start)
   step_summary = _summary(times)
-  flops_per_step = flops.train_step_flops(
+  flops_per_step = flops.train_step_flops(  # the MFU numerator optical-jax bench uses too
       batch=cfg.batch, student_len=cfg.student_len, teacher_len=cfg.teacher_len, hidden=cfg.hidden,
       num_layers=cfg.layers, intermediate=cfg.ffn, projection_dim=cfg.projection_dim)
 
@@ -332,7 +332,7 @@ def time_reference(cfg: ReferenceConfig, *, steps: int, warmup: int, ot_repeats:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
   d = ReferenceConfig()
-  p = argparse.ArgumentParser(prog="python -m benchmarks.torch_reference",
+  p = argparse.ArgumentParser(prog="python -m optical_jax.bench.torch_reference",
                               description="Time the PyTorch + POT reference OPTICAL train step (synthetic inputs).")
   for field in ("batch", "student_len", "teacher_len", "hidden", "layers", "heads", "ffn", "vocab",
                 "projection_dim", "teacher_dim", "iterations", "seed"):
