@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.bench = ml_collections.ConfigDict(dict(
       warmup_steps=2,             # untimed steps after compilation
-      min_real_frac=0.5,          # real lengths are uniform in [ceil(frac * L), L], as in benchmarks/torch_reference
+      min_real_frac=0.5,          # real lengths are uniform in [ceil(frac * L), L], as in optical_jax/bench/torch_reference.py
       ot_repeats=5,               # rounds of OT-only timings, each a burst of bench.ot_calls_per_round calls
       loop_repeats=1,             # rounds that time the per-pair POT loop (one call each)
       torch_threads=(0, 1),       # the reference at torch's default and at 1 thread; ratios use the faster one

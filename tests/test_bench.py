@@ -24,6 +24,7 @@ from optical_jax.bench import settings as settings_lib
 from optical_jax.bench import sweep as sweep_lib
 from optical_jax.bench import timing
 from optical_jax.bench import train_bench
+from optical_jax.config_schema import SCHEMA
 from optical_jax.errors import UserError
 
 # Tiny shapes: 1 layer, hidden 32, projection to the teacher's 16 dims, 8 pairs (one per simulated device).
@@ -33,9 +34,8 @@ TINY = ["student.num_layers=1", "student.hidden_size=32", "student.num_heads=2",
 
 
 def _tiny_config(*overrides):
-  config = config_lib.load_config("configs/tiny.py", [*TINY, *overrides])
-  config.bench = dict(warmup_steps=1, ot_repeats=2, max_rounds=2, torch_threads=(1,))
-  return config
+  knobs = ["bench.warmup_steps=1", "bench.ot_repeats=2", "bench.max_rounds=2", "bench.torch_threads=(1,)"]
+  return config_lib.load_config("configs/tiny.py", [*TINY, *knobs, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -127,24 +127,21 @@ def test_ot_share_and_settings():
   assert train_bench.mse_variant(_tiny_config("loss.ot_weight=0.0", "loss.mse_weight=1.0")) is None
   mse = train_bench.mse_variant(_tiny_config())
   assert (mse.loss.ot_weight, mse.loss.mse_weight) == (0.0, 1.0)
-  config = _tiny_config()
-  config.bench = dict(not_a_knob=1)
   with pytest.raises(UserError, match="bench.not_a_knob"):
-    train_bench.bench_settings(config)
+    settings_lib.load_config("configs/tiny.py", ["bench.not_a_knob=1"])
   with pytest.raises(UserError, match="--steps"):
     runner.run(_tiny_config(), steps=0, watch=None)
 
 
-def test_settings_defaults_come_from_one_table_and_reach_configs_without_a_bench_section():
+def test_settings_defaults_come_from_the_schema_and_reach_configs_without_a_bench_section():
   config = settings_lib.load_config("configs/tiny.py", ["bench.steps=3", "bench.sweep_batch=(16, 32)"])
   resolved = settings_lib.bench_settings(config)
   assert (resolved.steps, resolved.sweep_batch) == (3, (16, 32))
-  assert {k: resolved[k] for k in settings_lib.BENCH_DEFAULTS if k not in ("steps", "sweep_batch")} == {
-      k: v for k, v in settings_lib.BENCH_DEFAULTS.items() if k not in ("steps", "sweep_batch")}
-  assert train_bench.bench_settings is settings_lib.bench_settings  # the old import path still works
-  benched = settings_lib.load_config("configs/tiny.py").to_dict()
-  assert benched.pop("bench") == settings_lib.BENCH_DEFAULTS  # and otherwise the config `train` would load
-  assert benched == config_lib.load_config("configs/tiny.py").to_dict()
+  defaults = {k.partition(".")[2]: f.default for k, f in SCHEMA.items() if k.startswith("bench.")}
+  assert {k: v for k, v in resolved.items() if k not in ("steps", "sweep_batch")} == {
+      k: v for k, v in defaults.items() if k not in ("steps", "sweep_batch")}
+  # `bench` and `train` load the same config.
+  assert settings_lib.load_config("configs/tiny.py").to_dict() == config_lib.load_config("configs/tiny.py").to_dict()
   assert settings_lib.bench_settings(config_lib.load_config("configs/tiny.py")).steps == 10  # no bench section
   with pytest.raises(UserError, match="bench.sweep_batch must be a non-empty tuple of integers >= 1"):
     settings_lib.load_config("configs/tiny.py", ["bench.sweep_batch=(0,)"])
@@ -153,7 +150,7 @@ def test_settings_defaults_come_from_one_table_and_reach_configs_without_a_bench
   with pytest.raises(UserError, match="unknown config key 'bench.nope'"):
     settings_lib.load_config("configs/tiny.py", ["bench.nope=1"])
   partial = config_lib.load_config("configs/bench_cpu.py")  # a bench section without `steps`: filled in, kept
-  assert settings_lib.with_defaults(partial).bench.steps == 10 and partial.bench.sweep_batch == (8, 32)
+  assert partial.bench.steps == 10 and partial.bench.sweep_batch == (8, 32)
 
 
 def test_cli_rejects_bad_steps(capsys):
@@ -185,7 +182,7 @@ def test_bench_cpu_config_is_the_demo_student():
   assert (s.num_layers, s.hidden_size, s.num_heads, s.intermediate_size, s.vocab_size) == (12, 384, 12, 1536, 250037)
   assert (config.train.batch_size, config.data.max_len_student, config.data.max_len_teacher, config.teacher.dim) == (
       32, 32, 128, 384)
-  train_bench.bench_settings(config)  # every bench.* key is a known knob
+  settings_lib.bench_settings(config)  # every bench.* knob in range
 
 
 def test_sweep_csv_and_plots(tmp_path):
@@ -207,9 +204,8 @@ def test_sweep_csv_and_plots(tmp_path):
 
 @pytest.mark.slow
 def test_run_sweep_one_point(tmp_path):
-  config = _tiny_config()
-  config.bench = dict(warmup_steps=1, sweep_batch=(8,), sweep_student_len=(8,), sweep_iterations=(5, 20),
-                      sweep_steps=1, torch_threads=(1,))
+  config = _tiny_config("bench.sweep_batch=(8,)", "bench.sweep_student_len=(8,)", "bench.sweep_iterations=(5, 20)",
+                        "bench.sweep_steps=1")
   with timing.CompileWatch() as watch:
     out = sweep_lib.run_sweep(config, watch=watch, json_path=str(tmp_path / "b.json"))
   assert [(r["batch"], r["student_len"], r["iterations"]) for r in out["rows"]] == [(8, 8, 5), (8, 8, 20)]

@@ -144,7 +144,7 @@ def test_validation_rejects_set_me():
   from optical_jax.errors import UserError
   c = get("xlmr_base", "/models/student-hf")
   try:
-    validate(c)
+    validate(config_module.conform(c, "xlmr_base"))
   except UserError as e:
     assert "teacher.path" in str(e) or "data.bitext" in str(e) or "SET_ME" in str(e), str(e)
   except TypeError as e:
@@ -200,13 +200,15 @@ def bench_command(name):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_bench_section_holds_known_knobs_of_the_right_types(name):
+  from optical_jax import config as config_lib
   from optical_jax.bench import settings
+  from optical_jax.config_schema import SCHEMA
   c = get(name, "synthetic")
   assert "bench" in c, f"{name}: no bench section"
   for key, value in c.bench.items():
-    assert key in settings.BENCH_DEFAULTS, f"{name}: unknown knob bench.{key}"
-    assert type(value) is type(settings.BENCH_DEFAULTS[key]), f"{name}: bench.{key} is {type(value).__name__}"
-  resolved = settings.bench_settings(c)
+    assert f"bench.{key}" in SCHEMA, f"{name}: unknown knob bench.{key}"
+    assert type(value) is SCHEMA[f"bench.{key}"].type, f"{name}: bench.{key} is {type(value).__name__}"
+  resolved = settings.bench_settings(config_lib.conform(c, name))
   assert resolved.steps >= 10 and resolved.warmup_steps >= 1 and resolved.sweep_steps >= 3
 
 
@@ -215,7 +217,7 @@ def test_bench_sweep_fits_the_documented_devices_and_spans_the_mfu_target(name):
   from optical_jax import config as config_lib
   from optical_jax.bench import settings, sweep
   _, devices = documented(name)
-  c = get(name, "synthetic")
+  c = config_lib.conform(get(name, "synthetic"), name)
   s = settings.bench_settings(c)
   shards = batch_shards(c, devices)
   n = 1 if devices == "any" else int(devices)

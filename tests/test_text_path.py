@@ -80,3 +80,19 @@ def test_corrupted_shard_is_refused_by_name(bitext, store_workdir, tmp_path):
   proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(tmp_path / "run"),
               f"--config.data.bitext={bitext}", f"--config.data.teacher_store={store}")
   assert proc.returncode == 2 and shard.name in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("overrides", [[], ["ot.tokens=content", "ot.marginals=idf", "loss.english_weight=0.5",
+                                            "data.teacher_dtype=float32"]])
+def test_store_rows_match_the_batch_spec(bitext, store_workdir, overrides):
+  """The stored-teacher loader's rows are exactly the spec's keys, ranks and dtypes (the store's dtype kept)."""
+  import numpy as np
+  from optical_jax import config as config_lib
+  from optical_jax.data import batch_spec, store_join
+  config = config_lib.load_config("configs/tiny.py:text", [f"data.bitext={bitext}", *overrides])
+  data = store_join.build(config, store_workdir)
+  rows = data.load_rows(np.arange(7))
+  batch_spec.check_rows(rows, data.spec, "store_join")
+  # The store was written in float16; data.teacher_dtype only says how precompute writes a new one.
+  assert data.spec["teacher_tokens"].dtype == "float16" and rows["teacher_tokens"].dtype == np.float16
+  assert set(data.spec) - set(batch_spec.batch_spec(config)) == set()

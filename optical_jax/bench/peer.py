@@ -29,20 +29,20 @@ def reference_config(config: ml_collections.ConfigDict, encoder_config, min_real
       projection_dim=encoder_config.projection_dim, teacher_dim=int(config.teacher.dim),
       epsilon=float(config.ot.epsilon), iterations=int(config.ot.iterations), lr=float(config.train.lr),
       weight_decay=float(config.train.weight_decay), clip_norm=float(config.train.clip_norm),
-      freeze_word_embeddings=bool(s.get("freeze_word_embeddings", False)), min_len_frac=min_real_frac,
+      freeze_word_embeddings=s.freeze_word_embeddings, min_len_frac=min_real_frac,
       seed=int(config.seed))
   differences = []
   checks = [
       (config.ot.grad == "envelope", f"ot.grad={config.ot.grad!r} (the reference uses the envelope gradient)"),
-      (not config.ot.get("relative_epsilon"), "relative epsilon (the reference uses an absolute epsilon)"),
-      (config.ot.get("marginals", "uniform") == "uniform", "IDF marginals (the reference uses uniform ones)"),
-      (config.ot.get("tokens", "all") == "all", "content-token OT masks (the reference aligns all real tokens)"),
-      (s.get("dtype", "float32") == "float32", f"student.dtype={s.get('dtype')} (the reference runs float32)"),
-      (float(config.ot.get("tau_student", 1.0)) == 1.0 and float(config.ot.get("tau_teacher", 1.0)) == 1.0,
+      (not config.ot.relative_epsilon, "relative epsilon (the reference uses an absolute epsilon)"),
+      (config.ot.marginals == "uniform", "IDF marginals (the reference uses uniform ones)"),
+      (config.ot.tokens == "all", "content-token OT masks (the reference aligns all real tokens)"),
+      (s.dtype == "float32", f"student.dtype={s.dtype} (the reference runs float32)"),
+      (config.ot.tau_student == 1.0 and config.ot.tau_teacher == 1.0,
        "unbalanced OT (the reference solves the balanced problem)"),
       (not encoder_config.normalize, "L2-normalised head output (the reference has none)"),
-      (not float((config.get("loss") or {}).get("mse_weight", 0.0)), "an MSE term (the reference has OT only)"),
-      (not float((config.get("loss") or {}).get("english_weight", 0.0)),
+      (not config.loss.mse_weight, "an MSE term (the reference has OT only)"),
+      (not config.loss.english_weight,
        "an English-side term (the reference has the low-resource OT term only)"),
   ]
   for same, what in checks:

@@ -64,10 +64,10 @@ def _shape(config: ml_collections.ConfigDict, encoder_config) -> dict[str, Any]:
           "hidden": encoder_config.hidden_size, "layers": encoder_config.num_layers,
           "heads": encoder_config.num_heads, "ffn": encoder_config.intermediate_size,
           "projection_dim": encoder_config.projection_dim, "dtype": encoder_config.dtype,
-          "freeze_word_embeddings": bool(config.student.get("freeze_word_embeddings", False)),
-          "ot": {k: config.ot.get(k) for k in ("epsilon", "iterations", "grad", "relative_epsilon", "marginals",
+          "freeze_word_embeddings": config.student.freeze_word_embeddings,
+          "ot": {k: config.ot[k] for k in ("epsilon", "iterations", "grad", "relative_epsilon", "marginals",
                                                "tokens")},
-          "loss": dict(config.get("loss") or {}), "student_init": config.student.init}
+          "loss": config.loss.to_dict(), "student_init": config.student.init}
 
 
 def _rounds(steps: int, settings) -> tuple[int, int]:

@@ -98,10 +98,10 @@ def from_optical_config(config, **overrides) -> ReferenceConfig:
   fields = dict(
       batch=config.train.batch_size, student_len=config.data.max_len_student,
       teacher_len=config.data.max_len_teacher, hidden=s.hidden_size, layers=s.num_layers, heads=s.num_heads,
-      ffn=s.intermediate_size, vocab=s.vocab_size, model_type=s.get("model_type", "bert"),
-      projection_dim=s.get("projection_dim", 0), epsilon=config.ot.epsilon, iterations=config.ot.iterations,
+      ffn=s.intermediate_size, vocab=s.vocab_size, model_type=s.model_type,
+      projection_dim=s.projection_dim, epsilon=config.ot.epsilon, iterations=config.ot.iterations,
       lr=config.train.lr, weight_decay=config.train.weight_decay, clip_norm=config.train.clip_norm,
-      freeze_word_embeddings=bool(s.get("freeze_word_embeddings", False)), seed=config.seed)
+      freeze_word_embeddings=s.freeze_word_embeddings, seed=config.seed)
   fields.update(overrides)
   return ReferenceConfig(**fields)
 

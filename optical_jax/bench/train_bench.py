@@ -35,7 +35,7 @@ def mse_variant(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict 
   if not config.loss.ot_weight:
     return None
   out = copy.deepcopy(config)
-  out.loss = ml_collections.ConfigDict(dict(ot_weight=0.0, mse_weight=1.0))
+  out.loss.ot_weight, out.loss.mse_weight, out.loss.english_weight = 0.0, 1.0, 0.0
   return out
 
 

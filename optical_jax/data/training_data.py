@@ -5,9 +5,10 @@ configs/tiny.py); any other source is read by the bitext readers and joined by i
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 from etils import epath
 
-from optical_jax.data import pipeline, store_join, synthetic
+from optical_jax.data import pipeline, store_join, synthetic, tokens
 from optical_jax.data.batch_spec import TrainingData, batch_spec
 
 
@@ -20,10 +21,19 @@ def build(config: ml_collections.ConfigDict, workdir: epath.Path) -> TrainingDat
       teacher_dim=config.teacher.dim, seed=config.seed)
   spec = batch_spec(config)
   dtype = spec["teacher_tokens"].dtype
+  # The generator's teacher side has no special tokens and no ids: its OT tokens are all its real tokens, and its
+  # IDF marginal is uniform. The student side is [CLS] ids [SEP], like a tokenizer's.
+  student_weights = tokens.idf_weights(corpus.student_ids, corpus.student_mask) ** config.ot.idf_power
 
   def load_rows(indices):
     rows = corpus.batch(indices)
     rows["teacher_tokens"] = rows["teacher_tokens"].astype(dtype)
+    if "student_ot_mask" in spec:
+      rows["student_ot_mask"] = tokens.content_mask(rows["student_mask"], 1)
+      rows["teacher_ot_mask"] = rows["teacher_mask"]
+    if "student_weights" in spec:
+      rows["student_weights"] = student_weights[indices]
+      rows["teacher_weights"] = rows["teacher_mask"].astype(np.float32)
     return rows
 
   return TrainingData(load_rows, len(corpus), config.teacher.dim, spec,

@@ -26,9 +26,11 @@ from optical_jax import export
 from optical_jax import metrics as metrics_lib
 from optical_jax import precompute
 from optical_jax import train
+from optical_jax.data.teacher import load_teacher
 from optical_jax.demo import report
 from optical_jax.demo.phases import Phases, stop_if_interrupted
 from optical_jax.demo.settings import configs_dir
+from optical_jax.retrieval.evaluation import System
 
 COLLECTIONS = "bible_sw_en,bible_xref_sw_en"
 PAIRED = ("bible_sw_en", "mse_distill_maxsim")  # every variant against the MSE baseline, per query (MRR@10)
@@ -70,7 +72,6 @@ def variant_config(base_dir: pathlib.Path, variant: Variant, workdir: pathlib.Pa
   config.data.teacher_store = str(workdir / "teacher_store")
   config.eval.collections = COLLECTIONS
   config.eval.system = variant.name
-  evaluate.eval_config(config)  # fail early on a bad eval section
   return config
 
 
@@ -114,12 +115,12 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
     summary = train.train(variant_configs[v.name], str(train_dirs[v.name]))
     stop_if_interrupted(v.name, summary, variant_configs[v.name])
   phases.start("evaluate", f"{len(variants)} variants on {COLLECTIONS}")
-  collections = evaluate.load_collections(evaluate.eval_config(first))
-  teacher = precompute.load_teacher(first)
-  systems = evaluate.baseline_systems(first, teacher, str(out / variants[0].name))
+  collections = evaluate.load_collections(first.eval)
+  teacher = load_teacher(first)
+  systems = evaluate.baseline_systems(first, teacher)
   for v in variants:
     student, _ = export.load_student(str(train_dirs[v.name]))
-    systems.append(evaluate.System(v.name, student, variant_configs[v.name].student.prefix))
+    systems.append(System(v.name, student, variant_configs[v.name].student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(out / "eval"))
   phases.end()
   paired = {f"{name}_maxsim": report.paired_from_runs(out / "eval", PAIRED[0], f"{name}_maxsim", PAIRED[1])

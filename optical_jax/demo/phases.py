@@ -12,7 +12,9 @@ from optical_jax import evaluate
 from optical_jax import export
 from optical_jax import precompute
 from optical_jax import train
+from optical_jax.data.teacher import load_teacher
 from optical_jax.demo.settings import CORPUS_PACKAGES, SETTINGS
+from optical_jax.retrieval.evaluation import System
 
 
 class Phases:
@@ -76,14 +78,13 @@ def train_students(configs: dict[str, ml_collections.ConfigDict], workdir: pathl
 
 def evaluate_all(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path) -> dict[str, Any]:
   first = next(iter(configs.values()))
-  ev = evaluate.eval_config(first)
-  collections = evaluate.load_collections(ev)
-  teacher = precompute.load_teacher(first)
-  systems = evaluate.baseline_systems(first, teacher, str(workdir / "train" / next(iter(configs))))
+  collections = evaluate.load_collections(first.eval)
+  teacher = load_teacher(first)
+  systems = evaluate.baseline_systems(first, teacher)
   steps = {}
   for name, config in configs.items():
     student, steps[name] = export.load_student(str(workdir / "train" / name))
-    systems.append(evaluate.System(name, student, config.student.get("prefix", "")))
+    systems.append(System(name, student, config.student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(workdir / "eval"))
   summary["student_steps"] = steps
   return summary

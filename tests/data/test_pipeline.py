@@ -159,3 +159,18 @@ def test_length_buckets_override_and_list_form_validate():
   config_lib.validate(config)
   with pytest.raises(UserError, match="max_len_student=48"):
     config_lib.load_config("configs/tiny.py:text", ["data.length_buckets=(16, 32)", "data.bitext=x.tsv"])
+
+
+@pytest.mark.parametrize("overrides", [[], ["ot.tokens=content", "ot.marginals=idf"]])
+def test_synthetic_rows_match_the_batch_spec(overrides):
+  from optical_jax.data import batch_spec, training_data
+  config = config_lib.load_config("configs/tiny.py", ["data.num_examples=64", *overrides])
+  data = training_data.build(config, None)
+  rows = data.load_rows(np.arange(5))
+  batch_spec.check_rows(rows, data.spec, "synthetic")
+  assert data.spec == batch_spec.batch_spec(config)
+  if overrides:
+    # [CLS] and [SEP] are out of the student's OT problem; every real teacher vector is in it.
+    assert (rows["student_ot_mask"].sum(1) == rows["student_mask"].sum(1) - 2).all()
+    assert (rows["teacher_ot_mask"] == rows["teacher_mask"]).all()
+    assert ((rows["student_weights"] > 0) == (rows["student_mask"] > 0)).all()
