@@ -167,10 +167,33 @@ def _kernel_geometry(cost: Array, pair_mask: Array, epsilon: Array) -> geometry.
   return _FixedKernelGeometry(cost_matrix=shifted, kernel_matrix=kernel, epsilon=epsilon)
 
 
-def _unshifted_kernel_geometry(cost: Array, pair_mask: Array, epsilon: Array) -> geometry.Geometry:
-  # An unbalanced plan depends on cost shifts (they change how much mass is worth transporting): no shift here.
-  kernel = jnp.where(pair_mask, jnp.exp(-cost / epsilon), 0.0)
-  return _FixedKernelGeometry(cost_matrix=cost, kernel_matrix=kernel, epsilon=epsilon)
+def _unbalanced_kernel_geometry(cost: Array, pair_mask: Array, epsilon: Array, tau_a: float, tau_b: float
+                                ) -> tuple[geometry.Geometry, Array]:
+  """Kernel-domain geometry of one unbalanced example, shifted against underflow, and the plan's log rescaling
+  that undoes the shift.
+
+  Without a shift, exp(-C/eps) is 0 on every pair once min C / eps > ~104 (float32), and the plan is NaN. An
+  unbalanced plan depends on cost shifts, but in a known way. The fixed point u = (a / K v)^tau_a,
+  v = (b / K^T u)^tau_b with the kernel K' = diag(r) K diag(s):
+  - tau_a = 1 (balanced rows): row shifts only, u' = u / r, plan unchanged; likewise columns when tau_b = 1. These
+    shift each real row (column) to a minimum of 0, so no real row (column) underflows.
+  - both < 1: one shift c for the whole matrix, K' = K e^(c/eps); the scalings become u e^(alpha c/eps),
+    v e^(beta c/eps) with alpha = -tau_a (1 - tau_b) / (1 - tau_a tau_b), beta = -tau_b (1 - tau_a) /
+    (1 - tau_a tau_b), so the shifted plan is the true one times e^(c/eps)^((1 - tau_a)(1 - tau_b) / (1 - tau_a tau_b)).
+    A row or column whose minimum is more than ~104 eps above the matrix minimum can still underflow: use the
+    log domain (ot.lse_mode=True) there.
+  """
+  masked = jnp.where(pair_mask, cost, jnp.inf)
+  if tau_a == 1.0 or tau_b == 1.0:
+    axis = 1 if tau_a == 1.0 else 0
+    c = jnp.min(masked, axis=axis, keepdims=True)
+    log_scale = 0.0
+  else:
+    c = jnp.min(masked)
+    log_scale = -(1.0 - tau_a) * (1.0 - tau_b) / (1.0 - tau_a * tau_b) * jnp.where(jnp.isfinite(c), c, 0.0) / epsilon
+  shifted = cost - jnp.where(jnp.isfinite(c), c, 0.0)
+  kernel = jnp.where(pair_mask, jnp.exp(-shifted / epsilon), 0.0)
+  return _FixedKernelGeometry(cost_matrix=shifted, kernel_matrix=kernel, epsilon=epsilon), log_scale
 
 
 def _sinkhorn_plan(cost: Array, pair_mask: Array, a: Array, b: Array, epsilon: Array, *, iterations: int,
@@ -180,12 +203,13 @@ def _sinkhorn_plan(cost: Array, pair_mask: Array, a: Array, b: Array, epsilon: A
   lse_mode=True runs the log-domain updates (an exp per cost entry per half-step; safe for any epsilon);
   lse_mode=False runs the kernel (scaling) updates on a kernel computed once: matrix-vector products only.
   """
+  log_scale = 0.0
   if lse_mode:
     geom = geometry.Geometry(cost_matrix=cost, epsilon=epsilon)
   elif tau_a == 1.0 and tau_b == 1.0:
     geom = _kernel_geometry(cost, pair_mask, epsilon)
   else:
-    geom = _unshifted_kernel_geometry(cost, pair_mask, epsilon)
+    geom, log_scale = _unbalanced_kernel_geometry(cost, pair_mask, epsilon, tau_a, tau_b)
   problem = linear_problem.LinearProblem(geom, a=a, b=b, tau_a=tau_a, tau_b=tau_b)
   block = max(d for d in range(1, 11) if iterations % d == 0)
   if threshold is None:
@@ -207,7 +231,7 @@ def _sinkhorn_plan(cost: Array, pair_mask: Array, a: Array, b: Array, epsilon: A
       inner_iterations=inner_iterations,
       implicit_diff=_IMPLICIT_DIFF if grad == "implicit" else None,
   )
-  return solver(problem).matrix
+  return solver(problem).matrix * jnp.exp(log_scale)
 
 
 def _plan_diagnostics(plan: Array, cost: Array, a: Array, b: Array, row_mask: Array, col_mask: Array

@@ -298,6 +298,31 @@ def test_unbalanced_plan_matches_pot(tau_student, tau_teacher, lse_mode):
   assert aux["marginal_error"] > 1e-3
 
 
+@pytest.mark.parametrize("tau_student, tau_teacher", [(1.0, 0.5), (0.5, 1.0), (0.8, 0.3)])
+def test_unbalanced_kernel_mode_survives_a_kernel_that_would_underflow(tau_student, tau_teacher):
+  """min C / eps > 104: exp(-C/eps) is 0 in float32 (denormals included) on every pair; the shifted, rescaled
+  kernel-domain solve equals the log-domain one (itself checked against POT above)."""
+  rng = np.random.default_rng(7)
+  base = rng.normal(size=(1, 1, 16))
+  # Near-opposite token clouds: every cost is ~2, spread over a few eps, so one shift covers every row and column.
+  s = (base + 0.05 * rng.normal(size=(2, 5, 16))).astype(np.float32)
+  t = (-base + 0.05 * rng.normal(size=(2, 6, 16))).astype(np.float32)
+  sm, tm = np.arange(5)[None] < np.array([[5], [3]]), np.arange(6)[None] < np.array([[6], [4]])
+  cost = np.asarray(losses.cosine_cost(s, sm, t, tm))
+  eps = 0.01
+  real = cost[sm[:, :, None] & tm[:, None, :]]
+  assert real.min() / eps > 104
+  assert not np.any(np.exp(-real / np.float32(eps)) > 0)  # the unshifted kernel underflows on every real pair
+  run = lambda lse_mode: jit(lambda s: losses.ot_alignment_loss(
+      s, sm, t, tm, epsilon=eps, iterations=2000, lse_mode=lse_mode, tau_student=tau_student,
+      tau_teacher=tau_teacher))(s)
+  (log_loss, log_aux), (kernel_loss, kernel_aux) = run(True), run(False)
+  assert np.isfinite(kernel_loss) and float(log_loss) > 0
+  np.testing.assert_allclose(float(kernel_loss), float(log_loss), rtol=1e-4)
+  np.testing.assert_allclose(float(kernel_aux["marginal_error"]), float(log_aux["marginal_error"]), rtol=1e-3,
+                             atol=1e-6)
+
+
 def test_plan_centering_solves_on_centred_vectors_and_keeps_the_raw_cost():
   """Plan from mean-centred tokens (numpy reference), loss <P, C> on the raw ones; an offset added to every token of
   a sentence leaves the plan unchanged but not the loss."""
