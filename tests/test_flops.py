@@ -1,4 +1,4 @@
-"""optical_jax.flops against the hand-computed table in research/peers.md and against XLA's own FLOP count."""
+"""optical_jax.flops against the hand-computed table in docs/performance.md and against XLA's own FLOP count."""
 import math
 
 import jax
@@ -11,8 +11,8 @@ from optical_jax import flops
 BERT_BASE = dict(hidden=768, num_layers=12, intermediate=3072)
 
 
-# peers.md §2: (B, Ls) -> train TFLOP/step at Lt=128, d_e=768 (the table prints the encoder term; the OT
-# cost-matrix term is its separate "0.12 %" column).
+# docs/performance.md#bert-base-reference-table: (B, Ls) -> train TFLOP/step at Lt=128, d_e=768 (the table prints
+# the encoder term; the OT cost-matrix term is its separate "0.12 %" column).
 @pytest.mark.parametrize("batch,student_len,tflop,digits", [
     (64, 32, 1.051, 3), (256, 32, 4.20, 2), (32, 128, 2.15, 2), (32, 512, 9.28, 2)])
 def test_bert_base_matches_peers_table(batch, student_len, tflop, digits):
@@ -25,7 +25,8 @@ def test_bert_base_matches_peers_table(batch, student_len, tflop, digits):
 
 
 def test_bert_base_per_token_terms():
-  # peers.md: N_ne = 84.9 M, 509.6 MFLOP of weights per token, attention 3.5 MFLOP per token at L=32.
+  # docs/performance.md#bert-base-reference-table: N_ne = 84.9 M, 509.6 MFLOP of weights per token, attention
+  # 3.5 MFLOP per token at L=32.
   one_token = dict(batch=1, teacher_len=0, **BERT_BASE)
   weights_and_attn = flops.train_step_flops(student_len=32, **one_token) / 32
   assert 6 * 84_934_656 == pytest.approx(509.6e6, rel=1e-4)
@@ -141,7 +142,7 @@ def test_device_peak_flops_accepts_a_device():
 
 
 def test_mfu():
-  # peers.md: 64×32 at 40 % MFU on one H100 takes about 2.7 ms.
+  # docs/performance.md#bert-base-reference-table: 64×32 at 40 % MFU on one H100 takes about 2.7 ms.
   step = flops.train_step_flops(batch=64, student_len=32, teacher_len=128, **BERT_BASE)
   assert flops.mfu(step, 2.66e-3, 1, 989.4e12) == pytest.approx(0.40, abs=0.005)
   assert flops.mfu(step, 2.66e-3 / 4, 4, 989.4e12) == pytest.approx(0.40, abs=0.005)

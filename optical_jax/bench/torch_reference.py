@@ -47,7 +47,7 @@ MODEL_TYPES = ("bert", "xlm-roberta")
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceConfig:
-  """Shapes and hyper-parameters of the reference step. Defaults: research/peers.md's CPU comparison point
+  """Shapes and hyper-parameters of the reference step. Defaults: docs/performance.md#cpu-comparison-point
   (mBERT-base student, B=32, Ls=32, Lt=128, eps=0.05, K=50)."""
   batch: int = 32
   student_len: int = 32

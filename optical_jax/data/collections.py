@@ -1,7 +1,8 @@
 """Cross-lingual retrieval test collections built at run time from the installed Bible and Quran packages.
 
-No registry ships a complete CLIR collection (research/data.md §4), so these are built from verse-aligned corpora;
-nothing is written into the repository (texts are read from the installed packages on every run):
+No registry ships a complete CLIR collection (docs/data.md#why-no-clir-collection-ships), so these are built from
+verse-aligned corpora; nothing is written into the repository (texts are read from the installed packages on every
+run):
 
   bible_sw_en, bible_bn_en   verse translation retrieval: the query is a New Testament verse in Swahili (SUV) or
                              Bengali (BCL), the documents are the English (WEB) verses of the same random sample,
