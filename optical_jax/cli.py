@@ -5,13 +5,18 @@ Exit codes: 0 ok, 2 bad usage / config / input (one line on stderr), 1 internal 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
 from optical_jax.errors import UserError
+
+# Commands that write their --workdir: one run at a time per workdir (workdir_lock.py).
+LOCKING_COMMANDS = ("train", "precompute-teacher")
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -83,16 +88,68 @@ def _load(args, overrides):
   return config_lib.load_config(args.config, overrides)
 
 
-def run(argv: Sequence[str]) -> int:
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
   if overrides and not hasattr(args, "config"):
     raise UserError(f"--config.* overrides are not accepted by `{args.command}`")
+  return args, overrides
 
+
+def run(argv: Sequence[str]) -> int:
+  return _run(*_parse(argv))
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "bench"):
     from optical_jax import distributed
     distributed.maybe_initialize(force=getattr(args, "distributed", False))
+  with _workdir_lock(args):
+    return _dispatch(args, overrides)
 
+
+@contextlib.contextmanager
+def _workdir_lock(args: argparse.Namespace):
+  """Holds the workdir's lock around a locking command; SIGTERM then ends the command through this block's exit."""
+  if args.command not in LOCKING_COMMANDS:
+    yield
+    return
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from optical_jax import workdir_lock
+  lock = error = None
+  if jax.process_index() == 0:  # On a pod, every process runs this same command: process 0 speaks for all.
+    lock = workdir_lock.WorkdirLock(args.workdir, args.command)
+    try:
+      lock.acquire()
+    except Exception as e:  # pylint: disable=broad-except
+      lock, error = None, e
+  if jax.process_count() > 1:
+    # The others must not touch the workdir either when process 0 was refused (precompute would delete the live
+    # run's unfinished shards), so they learn the outcome before starting.
+    ok = int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(error is None))))
+    if error is None and not ok:
+      error = UserError(f"{args.workdir}: process 0 of this run could not take the workdir's lock (see its error)")
+  if error is not None:
+    raise error
+  # Without this, SIGTERM outside train's own handling (start-up, precompute-teacher) would end the process on the
+  # spot and leave the lock behind. Exit status as for a death by SIGTERM.
+  previous = None
+  try:
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+  except ValueError:  # not the main thread
+    pass
+  try:
+    yield
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+    if lock is not None:
+      lock.release()
+
+
+def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
   if args.command == "train":
     from optical_jax import train
     summary = train.train(_load(args, overrides), args.workdir)
