@@ -110,9 +110,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       model, tx, config, mesh, jax.random.key(config.seed), init_params=init_params)
 
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.get("keep_checkpoints", 2))
-  start = checkpointer.latest_step() or 0
-  if start:
-    state, meta = checkpointer.restore(start, state, state_shardings)
+  start = 0
+  restored = checkpointer.restore_latest(state, state_shardings)  # An unreadable newest step falls back to older.
+  if restored is not None:
+    start, state, meta = restored
     if meta.get("seed") != config.seed:
       raise UserError(f"{workdir}: checkpoint was trained with seed {meta.get('seed')}, config.seed is {config.seed}")
     log.info("resumed from step %d", start)
