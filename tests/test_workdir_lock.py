@@ -14,6 +14,10 @@ import pytest
 
 from optical_jax import cli, workdir_lock
 from optical_jax.errors import UserError
+from test_multiprocess import finish, launch, multiprocess
+from test_remote_storage import gcs
+
+__all__ = ["gcs"]  # a pytest fixture, used by name
 
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", CI="1")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,5 +187,46 @@ def test_release_leaves_a_lock_taken_over_by_another_run(tmp_path):
   assert json.loads(_lock_path(tmp_path).read_text())["token"] == "someone-else"
 
 
+def test_gcs_workdir_best_effort(gcs, caplog):
+  workdir = "gs://bucket/run"
+  with workdir_lock.WorkdirLock(workdir, "train") as lock:
+    assert json.loads((gcs / "bucket/run" / workdir_lock.LOCK_NAME).read_text())["token"] == lock.holder["token"]
+    with pytest.raises(UserError, match=rf"^{workdir}: in use by `train` \(host .*, pid {os.getpid()}, since .*\); "
+                                        "wait for it or stop it$"):
+      workdir_lock.WorkdirLock(workdir, "precompute-teacher").acquire()
+  assert not (gcs / "bucket/run" / workdir_lock.LOCK_NAME).exists()
+  old = _write_lock(gcs / "bucket/run", pid=_dead_pid())
+  with caplog.at_level(logging.WARNING, logger="optical_jax"):
+    with workdir_lock.WorkdirLock(workdir, "train"):
+      pass
+  assert f"{workdir}: taking over the lock of {workdir_lock.describe(old)}, which is no longer running" in caplog.text
+  _write_lock(gcs / "bucket/run", host="elsewhere")
+  with pytest.raises(UserError, match=f"on another host, .* delete {workdir}/{workdir_lock.LOCK_NAME}$"):
+    workdir_lock.WorkdirLock(workdir, "train").acquire()
+
+
 def test_one_tuple_names_the_locking_commands():
   assert cli.LOCKING_COMMANDS == ("train", "precompute-teacher")
+
+
+@multiprocess
+def test_on_a_pod_process_0_speaks_for_all(tmp_path):
+  """Two processes of one jax.distributed run: process 0 is refused by name, process 1 stops with it, untouched."""
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import sys; from optical_jax import workdir_lock\n"
+      f"with workdir_lock.WorkdirLock({str(tmp_path)!r}, 'precompute-teacher'):\n"
+      "  print('held', flush=True); sys.stdin.read()")], cwd=REPO, env=ENV, stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    since = json.loads(_lock_path(tmp_path).read_text())["since"]
+    (code0, _, err0), (code1, _, err1) = finish(launch(tmp_path, "--config.train.steps=2"), timeout=300)
+  finally:
+    holder.communicate(input="", timeout=60)
+  assert code0 == 2 and err0.strip().splitlines()[-1] == (
+      f"optical-jax: error: {tmp_path}: in use by `precompute-teacher` (host {socket.gethostname()}, pid "
+      f"{holder.pid}, since {since}); wait for it or stop it"), err0[-4000:]
+  assert code1 == 2 and err1.strip().splitlines()[-1] == (
+      f"optical-jax: error: {tmp_path}: process 0 of this run could not take the workdir's lock (see its error)"), \
+      err1[-4000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == []  # the holder released it; the refused run wrote nothing
