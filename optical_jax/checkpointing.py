@@ -51,7 +51,7 @@ class Checkpointer:
       _CPU_HANDLER_REGISTERED = True
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    self._item_handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    self._item_handlers: dict[str, Any] = {}  # restore_latest's readers, made on first use
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -113,6 +113,8 @@ class Checkpointer:
     handlers themselves (the same ones, on the same item directories) have no collective inside, so here a failure
     stays local until `_restore_agreed`'s one agreement.
     """
+    if not self._item_handlers:
+      self._item_handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     path = self.directory / str(step)  # orbax's default step name
     state = self._item_handlers["state"].restore(path / "state", args=ocp.args.StandardRestore(
         self._target(abstract_state, shardings)))

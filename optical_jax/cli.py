@@ -239,6 +239,7 @@ def describe_error(error: BaseException) -> str:
 
 def _first_line(error: BaseException) -> str:
   line = (str(error).strip().splitlines() or [""])[0]
+  line = line.split(" [tensorstore_spec", 1)[0]  # TensorStore (checkpoint arrays) appends its whole JSON spec
   return line if len(line) <= 300 else line[:297] + "..."
 
 
