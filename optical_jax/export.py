@@ -30,12 +30,13 @@ def load_student(workdir: str) -> tuple[models.Encoder, int]:
   state, shardings = train_step_lib.create_train_state(student.module, tx, config, mesh, jax.random.key(0))
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", async_save=False)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise UserError(f"{workdir}/checkpoints: no checkpoint to export")
-    state, _ = checkpointer.restore(step, state, shardings)
+    # repair=False: a training run may be writing beside this read; an unreadable step is skipped, never moved.
+    restored = checkpointer.restore_latest(state, shardings, repair=False)
   finally:
     checkpointer.close()
+  if restored is None:
+    raise UserError(f"{workdir}/checkpoints: no checkpoint to export")
+  step, state, _ = restored
   return models.Encoder(module=student.module, params=jax.device_get(state.params), tokenizer=student.tokenizer,
                         config=student.module.config, extra=student.extra), step
 

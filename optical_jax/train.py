@@ -151,9 +151,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       student.module, tx, config, mesh, jax.random.key(config.seed), init_params=student.pretrained_params)
 
   checkpointer = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-  start = checkpointer.latest_step() or 0
-  if start:
-    state, meta = checkpointer.restore(start, state, state_shardings)
+  start = 0
+  restored = checkpointer.restore_latest(state, state_shardings)  # An unreadable newest step falls back to older.
+  if restored is not None:
+    start, state, meta = restored
     if meta.get("seed") != config.seed:
       raise UserError(f"{workdir}: checkpoint was trained with seed {meta.get('seed')}, config.seed is {config.seed}")
     log.info("resumed from step %d", start)

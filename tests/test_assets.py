@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from optical_jax import assets
+from optical_jax import assets, cli
 from optical_jax.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -280,7 +280,7 @@ def test_prepare_assets_is_idempotent(tmp_path, monkeypatch):
   assets.prepare_assets(["fake"])
   assert len(calls) == 2  # output changed size: redone
   monkeypatch.setitem(assets.PACKAGES, "fake-pkg", assets.AssetPackage("fake-pkg", "2", "m", "MIT", {"f": "bb"}))
-  assert assets.main_assets(["fake"]) == 0
+  assert cli.main(["assets", "fake"]) == 0
   assert len(calls) == 3  # pins changed: redone
   with pytest.raises(UserError, match="unknown asset"):
     assets.prepare_assets(["nope"])

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -100,6 +101,13 @@ def _sha256(path: epath.Path) -> tuple[str, int]:
 def _write_atomic(path: epath.Path, text: str) -> None:
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(text)
+  if not _is_remote(tmp):
+    # Else a crash of the machine soon after can leave the renamed file empty: a progress file that no rerun reads.
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
   tmp.replace(path)
 
 
@@ -235,8 +243,8 @@ class TeacherStoreWriter:
   def _commit_shard(self) -> None:
     self._writer.write(msgpack.packb({"ids": self._ids, "lengths": self._lengths}))
     ok = self._writer.ok()
-    self._writer.close()
-    self._writer = None
+    writer, self._writer = self._writer, None  # a failed close (disk full) is not retried by close()
+    writer.close()
     if not ok:
       raise OSError(f"teacher store: writing {self._tmp_path} failed")
     final = self.root / self._tmp_path.name.removesuffix(".tmp")
@@ -266,9 +274,12 @@ class TeacherStoreWriter:
 
   def close(self) -> None:
     """Abandons an unfinished shard (its .tmp file is deleted by the next run)."""
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+    writer, self._writer = self._writer, None
+    if writer is not None:
+      try:
+        writer.close()
+      except RuntimeError:
+        pass  # After a failed write (disk full) closing fails too; the first error is the one to report.
 
 
 def _is_remote(path: epath.Path) -> bool:
