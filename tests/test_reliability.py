@@ -122,14 +122,13 @@ def test_corrupted_newest_checkpoint_falls_back_and_training_ends_as_uninterrupt
 @pytest.fixture(scope="module")
 def train_state(trained):
   """The (state, shardings) template train restores into, for configs/tiny.py with TRAIN's overrides."""
-  from optical_jax import config as config_lib, sharding as sharding_lib, train_step as train_step_lib
-  from optical_jax.data import training_data
+  from optical_jax import config as config_lib, sharding as sharding_lib, student as student_lib
+  from optical_jax import train_step as train_step_lib
   config = config_lib.load_config("configs/tiny.py", [a[len("--config."):] for a in TRAIN if a.startswith("--config.")])
   mesh = sharding_lib.create_mesh(config.mesh)
-  data = training_data.build(config, trained[0])
-  model, init_params = training_data.build_student(config, data)
-  return train_step_lib.create_train_state(model, train_step_lib.make_optimizer(config), config, mesh,
-                                           jax.random.key(config.seed), init_params=init_params)
+  student = student_lib.build_student(config)
+  return train_step_lib.create_train_state(student.module, train_step_lib.make_optimizer(config), config, mesh,
+                                           jax.random.key(config.seed), init_params=student.pretrained_params)
 
 
 @pytest.mark.parametrize("damage", sorted(set(DAMAGE) - {"truncated_manifest"}))

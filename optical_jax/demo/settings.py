@@ -67,8 +67,9 @@ def tiny_demo_config(config: ml_collections.ConfigDict, objective: str, files: d
   config.train.checkpoint_every, config.train.warmup_steps = TINY_STEPS, 5
   config.data.max_len_student = config.data.max_len_teacher = 40
   config.data.length_buckets = (16, 40)
-  config.eval = ml_collections.ConfigDict(dict(
+  config.eval.update(dict(
       system=objective, collections="", files=f"{files['queries.tsv']},{files['documents.jsonl']},{files['qrels.txt']}",
       max_len_query=40, max_len_doc=40, batch_size=32, k=100, scorers="maxsim,pooled", maxsim_tokens="content",
       baselines="zero_shot"))
+  config_lib.validate(config)
   return config
