@@ -37,6 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from optical_jax import workdir_lock
 from optical_jax.errors import UserError
 
 log = logging.getLogger("optical_jax")
@@ -246,4 +247,5 @@ def exit_now(error: BaseException, last_checkpoint: int | None, rerun: str | Non
   logging.shutdown()
   sys.stdout.flush()
   print(message, file=sys.stderr, flush=True)
+  workdir_lock.release_all()  # os._exit skips the lock's `with` exit: the rerun must not find this run's lock
   os._exit(code)  # pylint: disable=protected-access

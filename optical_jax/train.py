@@ -31,6 +31,7 @@ from optical_jax import train_step as train_step_lib
 from optical_jax.data import pipeline
 from optical_jax.data import training_data
 from optical_jax.errors import UserError
+from optical_jax.files import write_text_atomic
 
 log = logging.getLogger("optical_jax")
 
@@ -65,7 +66,7 @@ def _write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> Non
     old, cur = json.loads(path.read_text()), json.loads(new)
     changed = sorted(_diff_keys(old, cur))
     log.warning("workdir config differs from this run's in %s; continuing with this run's", ", ".join(changed))
-  path.write_text(new)
+  write_text_atomic(path, new)
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -80,7 +81,7 @@ def _truncate_metrics(workdir: epath.Path, last_step: int) -> None:
   if not path.exists():
     return
   keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-  path.write_text("".join(line + "\n" for line in keep))
+  write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from optical_jax.errors import UserError
 log = logging.getLogger("optical_jax")
 LOCK_NAME = ".optical_jax.lock"
 _UNREADABLE_WAIT_S = 2.0  # a lock read between its exclusive create and its write is empty for microseconds
+_HELD: list[WorkdirLock] = []  # for release_all: a process that ends with os._exit skips every `with` exit
 
 
 def _read_first_line(path: str) -> str | None:
@@ -102,12 +103,14 @@ class WorkdirLock:
     else:
       self._acquire_remote()
     self._held = True
+    _HELD.append(self)
 
   def release(self) -> None:
     """Deletes the lock if it is still ours (never a lock some other run has taken over)."""
     if not self._held:
       return
     self._held = False
+    _HELD.remove(self)
     try:
       if self._parse(self.path.read_text()).get("token") == self.holder["token"]:
         self.path.unlink()
@@ -195,3 +198,9 @@ class WorkdirLock:
     if not isinstance(value, dict):
       raise ValueError("not a JSON object")
     return value
+
+
+def release_all() -> None:
+  """Releases every lock this process holds: for exits that skip the `with` blocks (distributed.exit_now)."""
+  for lock in list(_HELD):
+    lock.release()

@@ -230,3 +230,14 @@ def test_on_a_pod_process_0_speaks_for_all(tmp_path):
       f"optical-jax: error: {tmp_path}: process 0 of this run could not take the workdir's lock (see its error)"), \
       err1[-4000:]
   assert sorted(p.name for p in tmp_path.iterdir()) == []  # the holder released it; the refused run wrote nothing
+
+
+def test_release_all_frees_locks_an_os_exit_would_leave(tmp_path):
+  """distributed.exit_now ends with os._exit, skipping `with` exits: it calls release_all first."""
+  from optical_jax import workdir_lock
+  lock = workdir_lock.WorkdirLock(str(tmp_path), "train")
+  lock.acquire()
+  assert (tmp_path / workdir_lock.LOCK_NAME).exists()
+  workdir_lock.release_all()
+  assert not (tmp_path / workdir_lock.LOCK_NAME).exists()
+  lock.release()  # a later release is a no-op

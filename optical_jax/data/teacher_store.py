@@ -41,6 +41,7 @@ from array_record.python import array_record_module
 from etils import epath
 
 from optical_jax.errors import UserError
+from optical_jax.files import write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -96,19 +97,6 @@ def _sha256(path: epath.Path) -> tuple[str, int]:
       h.update(chunk)
       size += len(chunk)
   return h.hexdigest(), size
-
-
-def _write_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  if not _is_remote(tmp):
-    # Else a crash of the machine soon after can leave the renamed file empty: a progress file that no rerun reads.
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-  tmp.replace(path)
 
 
 def validate_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +249,7 @@ class TeacherStoreWriter:
     self._progress["shards"].append({"name": final.name, "num_examples": len(self._ids), "sha256": sha,
                                      "size_bytes": size, "process": self.process_index})
     self._ids, self._lengths = [], []
-    _write_atomic(self._progress_path, json.dumps(self._progress, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(self._progress_path, json.dumps(self._progress, indent=2, sort_keys=True) + "\n")
 
   def finish(self) -> dict[str, Any]:
     """Commits the last (partial) shard and marks this process complete; returns its progress record."""
@@ -269,7 +257,7 @@ class TeacherStoreWriter:
       if self._writer is not None:
         self._commit_shard()
       self._progress["complete"] = True
-      _write_atomic(self._progress_path, json.dumps(self._progress, indent=2, sort_keys=True) + "\n")
+      write_text_atomic(self._progress_path, json.dumps(self._progress, indent=2, sort_keys=True) + "\n")
     return self._progress
 
   def close(self) -> None:
@@ -320,7 +308,7 @@ def finalize(root: epath.PathLike) -> StoreManifest:
   if manifest is None:
     done = [p["process_index"] for p in _read_progress(root) if p["complete"]]
     raise UserError(f"teacher store {root}: not every process is complete (complete: {done}); rerun precompute")
-  _write_atomic(root / MANIFEST, manifest.to_json())
+  write_text_atomic(root / MANIFEST, manifest.to_json())
   return manifest
 
 
@@ -366,7 +354,7 @@ def precompute(root: epath.PathLike, examples: Sequence[tuple[str, str]], encode
       bar.close()
   manifest = _merge(root)
   if manifest is not None and process_index == 0:
-    _write_atomic(root / MANIFEST, manifest.to_json())
+    write_text_atomic(root / MANIFEST, manifest.to_json())
     return manifest
   shards = done["shards"]
   return StoreManifest(**meta, num_examples=sum(s["num_examples"] for s in shards), shards=shards,
