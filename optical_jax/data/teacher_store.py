@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
