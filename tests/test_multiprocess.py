@@ -35,9 +35,11 @@ _CACHE = {}
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent jax compilation cache for every process these tests start: later launches skip compiling."""
+  """One persistent jax compilation cache for every process these tests start: later launches skip compiling.
+
+  conftest.py's suite-wide cache when it is on (shared with the other tests, workers and runs), else a tmp dir."""
   if "dir" not in _CACHE:
-    _CACHE["dir"] = str(tmp_path_factory.mktemp("jax_cache"))
+    _CACHE["dir"] = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax_cache"))
   return _CACHE["dir"]
 
 

@@ -100,12 +100,21 @@ def _wait_for_checkpoint(workdir, proc, step):
   raise AssertionError("no checkpoint appeared")
 
 
+INTERRUPT_ARGS = ["--config.train.steps=40", "--config.train.checkpoint_every=10", "--config.data.num_examples=256"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_weights(tmp_path_factory):
+  """The exported weights of an uninterrupted run of INTERRUPT_ARGS: made once, for both interrupted-run tests."""
+  base = tmp_path_factory.mktemp("uninterrupted")
+  _train(base / "run", *INTERRUPT_ARGS)
+  return _exported_weights(base / "run", base / "hf")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill9", "sigterm"])
-def test_interrupted_run_resumes_bit_identical(tmp_path, how):
-  args = ["--config.train.steps=40", "--config.train.checkpoint_every=10", "--config.data.num_examples=256"]
-  reference = tmp_path / "reference"
-  _train(reference, *args)
+def test_interrupted_run_resumes_bit_identical(tmp_path, how, uninterrupted_weights):
+  args = INTERRUPT_ARGS
   interrupted = tmp_path / "interrupted"
   proc = subprocess.Popen([sys.executable, "-m", "optical_jax", "train", "--config", "configs/tiny.py", "--workdir",
                            str(interrupted), *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -116,7 +125,7 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, how):
     assert proc.returncode == 0, proc.stderr.read()
   out = _train(interrupted, *args)
   assert json.loads(out.stdout.strip().splitlines()[-1])["start_step"] >= 10
-  a = _exported_weights(reference, tmp_path / "hf_ref")
+  a = uninterrupted_weights
   b = _exported_weights(interrupted, tmp_path / "hf_int")
   assert a.keys() == b.keys()
   for k in a:

@@ -119,8 +119,10 @@ def test_frozen_step_equals_full_gradient_then_mask():
   tx = ts.make_optimizer(config)
   batch = data.load_rows(np.arange(config.train.batch_size))
   params0, opt0 = jax.device_get(state.params), jax.device_get(state.opt_state)
-  grads = jax.grad(lambda p: ts.distillation_loss(p, batch, model=model, config=config)[0])(params0)
-  updates, _ = tx.update(grads, opt0, params0)
+  # Each jitted whole (op by op, the reference would compile hundreds of primitives one at a time).
+  full_grad = jax.jit(jax.grad(lambda p, b: ts.distillation_loss(p, b, model=model, config=config)[0]))
+  grads = full_grad(params0, batch)
+  updates, _ = jax.jit(tx.update)(grads, opt0, params0)
   expected = optax.apply_updates(params0, updates)
   with sharding.mesh_context(mesh):
     state, _ = step(state, sharding.global_batch(batch, mesh))
@@ -162,17 +164,19 @@ def test_english_side_term_is_minimal_when_student_matches_teacher_on_english():
   # Synthetic data has no English side (validation refuses the term there): the test supplies it by hand.
   config.loss.english_weight = 1.0
   model = student_lib.build_student(config).module
-  params = model.init(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
+  # init and apply jitted whole (op by op they compile every primitive separately).
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"]
   rows = data.load_rows(np.arange(8))
   english = {"english_ids": rows["student_ids"], "english_mask": rows["student_mask"]}
-  own = model.apply({"params": params}, english["english_ids"], english["english_mask"], head=True)
+  own = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask, head=True))(
+      params, english["english_ids"], english["english_mask"])
   loss_fn = jax.jit(jax.value_and_grad(
       lambda p, b: ts.distillation_loss(p, b, model=model, config=config), has_aux=True))
 
   def run(teacher_tokens):
     batch = {**rows, **english, "teacher_tokens": teacher_tokens, "teacher_mask": english["english_mask"]}
     (_, metrics), grads = loss_fn(params, batch)
-    return float(metrics["english_ot_loss"]), float(optax.tree.norm(grads))
+    return float(metrics["english_ot_loss"]), float(jax.jit(optax.tree.norm)(grads))
 
   matched_loss, matched_grad = run(own)
   other_loss, other_grad = run(jnp.roll(own, 1, axis=0))  # another sentence's English tokens
