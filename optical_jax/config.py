@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from optical_jax import ot_options
 from optical_jax.config_schema import REQUIRED, SCHEMA, SECTIONS
 from optical_jax.errors import UserError
 
@@ -158,7 +159,6 @@ def from_json(path) -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Rules across fields, on a conformed config. `num_devices` adds the mesh and batch checks."""
-  from optical_jax import ot_options  # pylint: disable=import-outside-toplevel
   try:
     ot_options.check(**ot_options.from_config(config.ot))
   except ValueError as e:
