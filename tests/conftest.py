@@ -42,7 +42,7 @@ if CACHE_DIR:
 # training run, the demo). xdist's own loadgroup marks node ids, which pytest >= 9.2 ignores (pytest-xdist#1386):
 # here the workers write the groups to a file the controller's scheduler reads.
 SHARED_FIXTURES = ("two_process_run", "demo_dir", "uninterrupted_weights", "compare_result", "store_workdir",
-                   "single_device_run", "encoders", "tiny_me5")
+                   "single_device_run", "trained", "reference_store", "encoders", "tiny_me5")
 
 # Longest first, so that the two workers finish together: the cold-cache wall seconds (2-core machine) of the tests
 # that take more than ~10 s, a fixture's cost counted in the first test that uses it. A local run replaces these with
