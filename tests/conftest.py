@@ -7,7 +7,6 @@ afresh and starts cold. OPTICAL_JAX_TEST_CACHE_DIR overrides the location; set i
 Cache hits are transparent to what the tests check: jax still records a backend compile event (the load time) for
 every executable it builds, and the jit caches that count recompilations are in-memory, per process.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -29,10 +28,11 @@ if CACHE_DIR:
   # Cache every executable, however fast it compiled or small it is (jax's defaults skip those under 1 s).
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-  if importlib.util.find_spec("filelock") is not None:
-    # A size bound turns on jax's LRU eviction, which takes a file lock around every read and write: processes that
-    # compile the same module at once then never read a half-written entry. 2 GB is ~10 full suite runs.
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+  # No size bound (JAX_COMPILATION_CACHE_MAX_SIZE): its LRU bookkeeping rescans the whole directory on every write,
+  # ~30 ms an entry at the ~1000 entries of one run, which made a cold run of small compiles ~60% slower. Unbounded,
+  # the directory holds what the current code compiles (~15 MB; keys are content hashes). Without the bound jax takes
+  # no lock either: a process that reads an entry another is still writing finds it truncated, which jax reports as
+  # a warning and compiles instead.
 
 # Scheduling over xdist workers (`--dist loadgroup` in pyproject.toml). Only where and when
 # tests run depends on what follows, never a result: a missing or stale entry costs balance, nothing else.
@@ -42,7 +42,7 @@ if CACHE_DIR:
 # training run, the demo). xdist's own loadgroup marks node ids, which pytest >= 9.2 ignores (pytest-xdist#1386):
 # here the workers write the groups to a file the controller's scheduler reads.
 SHARED_FIXTURES = ("two_process_run", "demo_dir", "uninterrupted_weights", "compare_result", "store_workdir",
-                   "single_device_run", "encoders", "tiny_me5")
+                   "single_device_run", "trained", "reference_store", "encoders", "tiny_me5")
 
 # Longest first, so that the two workers finish together: the cold-cache wall seconds (2-core machine) of the tests
 # that take more than ~10 s, a fixture's cost counted in the first test that uses it. A local run replaces these with
@@ -87,8 +87,14 @@ def _plain_nodeid(nodeid: str) -> str:
 
 def _group(item) -> str | None:
   marks = [str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")]
+  if marks:
+    return "_".join(sorted(marks))
+  if item.get_closest_marker("multiprocess"):
+    # One at a time, on one worker: two multi-process jobs at once put 4+ busy JAX processes on the 2 cores, and
+    # every collective of one job then waits for its peer process to be scheduled again.
+    return "multiprocess"
   shared = sorted(set(getattr(item, "fixturenames", ())) & set(SHARED_FIXTURES))
-  return "_".join(sorted(marks)) if marks else (shared[0] if shared else None)
+  return shared[0] if shared else None
 
 
 def pytest_collection_modifyitems(config, items):

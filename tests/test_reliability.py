@@ -432,7 +432,7 @@ def test_a_step_one_process_cannot_read_is_skipped_by_all(tmp_path):
   port = tm._free_port()  # pylint: disable=protected-access
   procs = []
   for i in range(2):
-    env = tm._env(4, OPTICAL_JAX_DISTRIBUTED="1", OPTICAL_JAX_COORDINATOR=f"127.0.0.1:{port}",  # pylint: disable=protected-access
+    env = tm._env(tm.DEVICES, OPTICAL_JAX_DISTRIBUTED="1", OPTICAL_JAX_COORDINATOR=f"127.0.0.1:{port}",  # pylint: disable=protected-access
                   OPTICAL_JAX_NUM_PROCESSES="2", OPTICAL_JAX_PROCESS_ID=str(i))
     cmd = [sys.executable, *(["-m", "optical_jax"] if i == 0 else [str(script)]), *args]
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
