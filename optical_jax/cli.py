@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
   p = sub.add_parser("export", help="write the trained student as a Hugging Face directory")
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)
+  p.add_argument("--mix", type=float, default=1.0,
+                 help="weight-space interpolation towards the untrained student: mix x trained + (1 - mix) x "
+                      "zero-shot (default 1 = the trained student)")
 
   p = sub.add_parser("demo", help="the end-to-end embedded default")
   p.add_argument("--workdir", default="runs/demo")
@@ -174,7 +177,7 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
                       json_path=args.json_path, steps=args.steps)
   elif args.command == "export":
     from optical_jax import export
-    export.export(args.workdir, args.out)
+    export.export(args.workdir, args.out, mix=args.mix)
     print(f"wrote {args.out}")
   elif args.command == "demo":
     from optical_jax.demo import runner as demo_runner

@@ -188,6 +188,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       raise UserError(f"config: data.{key} must be >= 1, got {config.data[key]}")
   if config.data.bitext == "synthetic" and config.loss.english_weight:
     raise UserError("config: data.bitext='synthetic' has no English text: set loss.english_weight=0")
+  if config.loss.rank_temperature <= 0:
+    raise UserError(f"config: loss.rank_temperature must be > 0, got {config.loss.rank_temperature}")
+  if config.loss.rank_hard_negatives < 0:
+    raise UserError(f"config: loss.rank_hard_negatives must be >= 0, got {config.loss.rank_hard_negatives}")
+  if not any(config.loss[k] for k in ("ot_weight", "mse_weight", "english_weight", "rank_weight")):
+    raise UserError("config: every loss weight is 0: set loss.ot_weight, loss.rank_weight or loss.mse_weight")
   _validate_length_buckets(config)
   _validate_eval(config.eval)
   if num_devices is not None:

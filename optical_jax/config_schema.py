@@ -79,6 +79,13 @@ SCHEMA: dict[str, Key] = {
     "loss.ot_weight": Key(float, 1.0),
     "loss.mse_weight": Key(float, 0.0, doc="sentence-level MSE distillation baseline"),
     "loss.english_weight": Key(float, 0.0, doc="English-side term OT(teacher(en), student(en))"),
+    "loss.rank_weight": Key(float, 0.0, doc="contrastive ranking term on stored teacher documents (0 = pure OPTICAL)"),
+    "loss.rank_temperature": Key(float, 0.05, doc="softmax temperature of the ranking term (scores lie in [-1, 1])"),
+    "loss.rank_scorer": Key(str, "maxsim", ("maxsim", "pooled"), "which retrieval score the ranking term trains"),
+    "loss.rank_hard_negatives": Key(int, 0, doc="mined hard negatives per example (teacher's nearest other "
+                                                  "training examples), scored beside the in-batch documents"),
+    "loss.rank_duplicate_threshold": Key(float, 1.0, doc="negatives whose teacher score to the positive reaches "
+                                                          "this are dropped as near-duplicates (1 = keep all)"),
 
     "train.batch_size": Key(int, doc="global"),
     "train.steps": Key(int),
@@ -105,6 +112,7 @@ SCHEMA: dict[str, Key] = {
     "eval.k": Key(int, 100),
     "eval.scorers": Key(str, "maxsim,pooled"),
     "eval.maxsim_tokens": Key(str, "content", ("content", "all")),
+    "eval.mix": Key(float, 1.0, doc="evaluate mix x trained + (1 - mix) x zero-shot weights (WiSE-FT; 1 = trained)"),
     "eval.baselines": Key(str, "teacher_en,zero_shot", doc="teacher_en, teacher_lr, zero_shot"),
 
     # `optical-jax bench` measurement knobs.

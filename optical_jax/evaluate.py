@@ -47,7 +47,8 @@ def system_name(config: ml_collections.ConfigDict) -> str:
   if config.eval.system:
     return config.eval.system
   ot, mse = config.loss.ot_weight, config.loss.mse_weight
-  return "optical_mse" if ot and mse else ("mse_distill" if mse else "optical")
+  name = "optical_mse" if ot and mse else ("mse_distill" if mse else "optical")
+  return name if config.eval.mix == 1.0 else f"{name}_mix{config.eval.mix:g}"
 
 
 def baseline_systems(config: ml_collections.ConfigDict, teacher) -> list[System]:
@@ -74,7 +75,7 @@ def run_evaluation(config: ml_collections.ConfigDict, collections, systems: Sequ
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool = True) -> dict[str, Any]:
   """`optical-jax evaluate`: the workdir's trained student (+ baselines) on the configured collections."""
   collections = load_collections(config.eval)
-  student, step = export.load_student(workdir)
+  student, step = export.load_student(workdir, config.eval.mix)
   teacher = load_teacher(config)
   systems = baseline_systems(config, teacher) if baselines else []
   systems.append(System(system_name(config), student, config.student.prefix))

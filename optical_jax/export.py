@@ -1,8 +1,10 @@
 """`optical-jax export`: the trained student of a workdir as a Hugging Face directory (transformers loads it)."""
 from __future__ import annotations
 
+from typing import Any
 
 import jax
+import numpy as np
 import ml_collections
 from etils import epath
 
@@ -14,11 +16,20 @@ from optical_jax import train_step as train_step_lib
 from optical_jax.errors import UserError
 
 
-def load_student(workdir: str) -> tuple[models.Encoder, int]:
+def interpolate(trained: Any, initial: Any, mix: float) -> Any:
+  """mix x trained + (1 - mix) x initial, leaf by leaf (WiSE-FT weight-space ensembling; docs/method.md)."""
+  return jax.tree.map(lambda t, i: (mix * np.asarray(t, np.float32) + (1.0 - mix) * np.asarray(i, np.float32)
+                                    ).astype(np.asarray(t).dtype), trained, initial)
+
+
+def load_student(workdir: str, mix: float = 1.0) -> tuple[models.Encoder, int]:
   """The newest readable checkpoint's student as a `models.Encoder` (params on host), and its step.
 
   Built from the workdir's config.json alone: the training data is never rebuilt to load a student.
+  `mix` < 1 interpolates its weights towards the untrained (zero-shot) student's: 0 gives the zero-shot student.
   """
+  if not 0.0 <= mix <= 1.0:
+    raise UserError(f"mix must be in [0, 1], got {mix}")
   workdir = epath.Path(workdir)
   if not (workdir / "config.json").exists():
     raise UserError(f"{workdir}: no config.json: not a training workdir")
@@ -37,10 +48,13 @@ def load_student(workdir: str) -> tuple[models.Encoder, int]:
   if restored is None:
     raise UserError(f"{workdir}/checkpoints: no checkpoint to export")
   step, state, _ = restored
-  return models.Encoder(module=student.module, params=jax.device_get(state.params), tokenizer=student.tokenizer,
+  params = jax.device_get(state.params)
+  if mix < 1.0:
+    params = interpolate(params, student_lib.initial_encoder(config).params, mix)
+  return models.Encoder(module=student.module, params=params, tokenizer=student.tokenizer,
                         config=student.module.config, extra=student.extra), step
 
 
-def export(workdir: str, out: str) -> None:
-  encoder, _ = load_student(workdir)
+def export(workdir: str, out: str, mix: float = 1.0) -> None:
+  encoder, _ = load_student(workdir, mix)
   models.save_pretrained(encoder, out)

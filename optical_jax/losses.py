@@ -1,4 +1,5 @@
-"""Distillation losses: OPTICAL's optimal-transport token alignment and the sentence-level MSE baseline.
+"""Distillation losses: OPTICAL's optimal-transport token alignment, the sentence-level MSE baseline, and a
+contrastive ranking term on the student's retrieval scores against stored teacher documents.
 
 `ot_alignment_loss` aligns the student's token embeddings of a low-resource sentence with the teacher's token
 embeddings of its English translation. Per example it solves an entropic OT problem with OTT-JAX (balanced by default),
@@ -410,6 +411,89 @@ def mse_distill_loss(student_tokens: Array, student_mask: Array, teacher_tokens:
   per_example = jnp.sum(jnp.square(student - teacher), axis=-1)
   loss = jnp.sum(jnp.where(valid, per_example, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
   return loss, {"mse": loss}
+
+
+def ranking_scores(student_tokens: Array, student_mask: Array, doc_tokens: Array, doc_mask: Array, *,
+                   scorer: str = "maxsim") -> Array:
+  """[B, Ls, D] queries x [N, Ld, D] documents -> [B, N] retrieval scores, as evaluation scores them.
+
+  "maxsim": mean over the query's real tokens of the best cosine over the document's real tokens (ColBERT late
+  interaction, `retrieval.search.maxsim_scores`); "pooled": cosine of the mean-pooled vectors.
+  """
+  dtype = _compute_dtype(student_tokens)
+  if scorer == "pooled":
+    q = l2_normalize(masked_mean_pool(student_tokens, student_mask))
+    d = l2_normalize(masked_mean_pool(doc_tokens, doc_mask))
+    return jnp.einsum("bd,nd->bn", q, d.astype(dtype))
+  if scorer != "maxsim":
+    raise UserError(f"loss.rank_scorer: must be one of 'maxsim', 'pooled', got {scorer!r}")
+  q = l2_normalize(student_tokens.astype(dtype))
+  d = l2_normalize(doc_tokens.astype(dtype))
+  qm, dm = _bool_mask(student_mask), _bool_mask(doc_mask)
+  sim = jnp.einsum("bid,njd->bnij", q, d)
+  best = jnp.max(jnp.where(dm[None, :, None, :], sim, -jnp.inf), axis=-1)       # [B, N, Ls]
+  best = jnp.where(jnp.any(dm, axis=-1)[None, :, None], best, -1.0)
+  total = jnp.sum(jnp.where(qm[:, None, :], best, 0.0), axis=-1)
+  return total / jnp.maximum(jnp.sum(qm, axis=-1), 1)[:, None]
+
+
+def ranking_loss(student_tokens: Array, student_mask: Array, doc_tokens: Array, doc_mask: Array, *,
+                 temperature: float, scorer: str = "maxsim", duplicate_threshold: float = 1.0,
+                 bank_tokens: Array | None = None, bank_mask: Array | None = None, doc_index: Array | None = None,
+                 bank_index: Array | None = None) -> tuple[Array, dict[str, Array]]:
+  """InfoNCE over stored teacher documents: query i must rank its own translation (document i) first.
+
+  The candidates are the batch's teacher documents (in-batch negatives) plus an optional bank of other stored
+  teacher documents. The documents are frozen teacher states, so a negative costs one score, not a forward pass.
+  A negative whose teacher-side score to the positive (same scorer, teacher against teacher) reaches
+  `duplicate_threshold` is left out: a near-copy of the right verse is not a wrong answer.
+
+  Args:
+    student_tokens: [B, Ls, D] student query tokens; student_mask: [B, Ls] the tokens that score.
+    doc_tokens: [B, Ld, D] teacher tokens of each query's translation; doc_mask: [B, Ld].
+    temperature: softmax temperature on the scores (they lie in [-1, 1]).
+    bank_tokens / bank_mask: [K, Ld', D] / [K, Ld'] extra negatives, e.g. mined hard negatives.
+    doc_index / bank_index: [B] / [K] example ids of the documents and the bank: a bank document with query i's
+      id is query i's own translation, never its negative.
+
+  Returns:
+    (loss, {"rank_accuracy": share of queries whose positive scores highest, "rank_margin": mean of positive score
+    minus the best negative's}).
+  """
+  batch = student_tokens.shape[0]
+  scores = ranking_scores(student_tokens, student_mask, doc_tokens, doc_mask, scorer=scorer)         # [B, B]
+  real_doc = jnp.any(_bool_mask(doc_mask), axis=-1)
+  teacher_scores = None
+  if duplicate_threshold < 1.0:
+    teacher_scores = ranking_scores(doc_tokens, doc_mask, doc_tokens, doc_mask, scorer=scorer)
+  if bank_tokens is not None:
+    # Scored separately: the bank may be padded to another length than the batch's documents.
+    scores = jnp.concatenate(
+        [scores, ranking_scores(student_tokens, student_mask, bank_tokens, bank_mask, scorer=scorer)], axis=1)
+    real_doc = jnp.concatenate([real_doc, jnp.any(_bool_mask(bank_mask), axis=-1)])
+    if teacher_scores is not None:
+      teacher_scores = jnp.concatenate(
+          [teacher_scores, ranking_scores(doc_tokens, doc_mask, bank_tokens, bank_mask, scorer=scorer)], axis=1)
+  num_docs = scores.shape[1]
+  positive = jnp.arange(num_docs)[None, :] == jnp.arange(batch)[:, None]
+  keep = real_doc[None, :] & ~positive
+  if bank_index is not None:
+    same = jnp.asarray(bank_index)[None, :] == jnp.asarray(doc_index)[:, None]
+    keep = keep & ~jnp.concatenate([jnp.zeros((batch, batch), bool), same], axis=1)
+  if teacher_scores is not None:
+    keep = keep & (jax.lax.stop_gradient(teacher_scores) < duplicate_threshold)
+  candidates = keep | positive
+  logits = jnp.where(candidates, scores / temperature, -jnp.inf)
+  pos_score = jnp.sum(jnp.where(positive, scores, 0.0), axis=-1)
+  per_example = jax.nn.logsumexp(logits, axis=-1) - pos_score / temperature
+  valid = jnp.any(_bool_mask(student_mask), axis=-1) & jnp.any(_bool_mask(doc_mask), axis=-1)
+  n_valid = jnp.maximum(jnp.sum(valid), 1)
+  batch_mean = lambda v: jnp.sum(jnp.where(valid, v, 0.0)) / n_valid
+  best_negative = jax.lax.stop_gradient(jnp.max(jnp.where(keep, scores, -jnp.inf), axis=-1))
+  has_negative = jnp.any(keep, axis=-1)
+  margin = jnp.where(has_negative, jax.lax.stop_gradient(pos_score) - best_negative, 0.0)
+  aux = {"rank_accuracy": batch_mean((margin > 0) | ~has_negative), "rank_margin": batch_mean(margin)}
+  return batch_mean(per_example), aux
 
 
 def idf_weights(token_ids: Array, mask: Array, document_frequency: Array, num_documents: Any) -> Array:

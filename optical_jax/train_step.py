@@ -115,7 +115,7 @@ def clip_and_skip_nonfinite(inner: optax.GradientTransformation, *, clip_norm: f
 
 def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Module,
                       config: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """OT token alignment of student(low-resource) with the stored teacher(English) tokens, plus optional MSE."""
+  """OT token alignment of student(low-resource) with the stored teacher(English) tokens; optional ranking and MSE."""
   student = model.apply({"params": params}, batch["student_ids"], batch["student_mask"], head=True)
   teacher = batch["teacher_tokens"].astype(jnp.float32)
   # Which tokens enter the OT problem may differ from the attention mask (e.g. special / prefix tokens left out).
@@ -145,6 +145,24 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
         **ot_options.from_config(ot_config))
     total = total + english_weight * english_loss
     metrics["english_ot_loss"] = english_loss
+  rank_weight = weights.rank_weight
+  if rank_weight:
+    # Scored on the tokens evaluation's MaxSim matches (the OT masks: content tokens when ot.tokens="content").
+    maxsim = weights.rank_scorer == "maxsim"
+    negatives = {}
+    if "negative_tokens" in batch:
+      negatives = dict(bank_tokens=batch["negative_tokens"].astype(jnp.float32),
+                       bank_mask=batch.get("negative_ot_mask", batch["negative_mask"]) if maxsim
+                       else batch["negative_mask"],
+                       doc_index=batch["example_index"], bank_index=batch["negative_index"])
+    rank_loss, rank_aux = losses.ranking_loss(
+        student, student_ot_mask if maxsim else batch["student_mask"],
+        teacher, teacher_ot_mask if maxsim else batch["teacher_mask"],
+        temperature=weights.rank_temperature, scorer=weights.rank_scorer,
+        duplicate_threshold=weights.rank_duplicate_threshold, **negatives)
+    total = total + rank_weight * rank_loss
+    metrics.update(rank_aux)
+    metrics["rank_loss"] = rank_loss
   mse_weight = weights.mse_weight
   if mse_weight:
     mse_loss, _ = losses.mse_distill_loss(student, batch["student_mask"], teacher, batch["teacher_mask"])

@@ -67,12 +67,16 @@ def test_synthetic_files_are_aligned(tmp_path):
 
 
 def test_target_check_and_ablation_table():
-  per = lambda v: {"bible_sw_en": {"mrr@10": v}}
-  systems = {"optical_maxsim": per(0.95), "zero_shot_maxsim": per(0.93), "mse_distill_maxsim": per(0.95)}
+  per = lambda v, kjv=None: {"bible_sw_en": {"mrr@10": v}, **({"bible_sw_en_kjv": {"mrr@10": kjv}} if kjv else {})}
+  systems = {"optical_maxsim": per(0.95, 0.9), "zero_shot_maxsim": per(0.93, 0.9), "mse_distill_maxsim": per(0.95)}
   target = report.target_check(systems)
-  assert target["met"] and target["vs_zero_shot"] == pytest.approx(0.02)
+  assert target["met"] and target["checks"][0]["diff"] == pytest.approx(0.02)
+  assert [c["baseline"] for c in target["checks"]] == ["zero_shot_maxsim", "zero_shot_maxsim", "mse_distill_maxsim"]
   systems["mse_distill_maxsim"] = per(0.951)
   assert not report.target_check(systems)["met"]
+  systems["mse_distill_maxsim"], systems["zero_shot_maxsim"] = per(0.9), per(0.93, 0.91)
+  missed = [c["collection"] for c in report.target_check(systems)["checks"] if not c["met"]]
+  assert missed == ["bible_sw_en_kjv"]   # below zero-shot on the held-out English version
   assert report.target_check({"optical_maxsim": per(1.0)}) is None
   results = {"systems": {"optical_maxsim": per(0.9)}, "not_run": {"x": "why"},
              "variants": {"optical": {"what": "w", "overrides": ["ot.epsilon=0.1"]}}}
@@ -107,11 +111,13 @@ def test_paired_differences_are_recomputed_from_the_written_runs(tmp_path):
   per = lambda v: {"bible_sw_en": {"mrr@10": v}}
   systems = {"optical_maxsim": per(1.0), "zero_shot_maxsim": per(0.75), "mse_distill_maxsim": per(0.875)}
   target = report.target_check(systems, tmp_path)
-  vs_mse = target["paired"]["vs_mse_distill"]
+  vs_zero_shot, vs_mse = (c["paired"] for c in target["checks"])
   assert vs_mse["diff"] == pytest.approx(0.125) and (vs_mse["n"], vs_mse["wins"], vs_mse["losses"]) == (4, 1, 0)
   assert vs_mse["se"] == pytest.approx(np.std([0, 0, 0, 0.5], ddof=1) / 2)
-  assert target["paired"]["vs_zero_shot"]["diff"] == pytest.approx(0.25)
-  assert "± 0.125 SE" in report._target_line(target)
+  assert vs_zero_shot["diff"] == pytest.approx(0.25)
+  # +0.25 is 1.7 SE over 4 queries: above zero-shot, but not by the 2 SE the check asks for.
+  assert not target["checks"][0]["met"] and target["checks"][1]["met"] and not target["met"]
+  assert "± 0.125 SE, 1 queries better, 0 worse" in "\n".join(report._target_lines(target))
   results = {"systems": systems, "not_run": {}, "variants": {"optical": {"what": "w", "overrides": []}},
              "paired": {"collection": "bible_sw_en", "metric": "mrr@10", "baseline": "mse_distill_maxsim",
                         "systems": {"optical_maxsim": vs_mse}}}

@@ -83,7 +83,8 @@ def test_corrupted_shard_is_refused_by_name(bitext, store_workdir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [[], ["ot.tokens=content", "ot.marginals=idf", "loss.english_weight=0.5",
-                                            "data.teacher_dtype=float32"]])
+                                            "data.teacher_dtype=float32", "loss.rank_weight=1.0",
+                                            "loss.rank_hard_negatives=2"]])
 def test_store_rows_match_the_batch_spec(bitext, store_workdir, overrides):
   """The stored-teacher loader's rows are exactly the spec's keys, ranks and dtypes (the store's dtype kept)."""
   import numpy as np
@@ -96,3 +97,8 @@ def test_store_rows_match_the_batch_spec(bitext, store_workdir, overrides):
   # The store was written in float16; data.teacher_dtype only says how precompute writes a new one.
   assert data.spec["teacher_tokens"].dtype == "float16" and rows["teacher_tokens"].dtype == np.float16
   assert set(data.spec) - set(batch_spec.batch_spec(config)) == set()
+  if "negative_tokens" in rows:  # each example's mined negatives: other examples' stored rows, example-major
+    negatives = rows["negative_index"].reshape(7, 2)
+    assert not np.any(negatives == np.arange(7)[:, None])
+    again = data.load_rows(negatives[:, 0])
+    np.testing.assert_array_equal(rows["negative_tokens"][::2], again["teacher_tokens"])

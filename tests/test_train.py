@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from optical_jax.errors import UserError
+
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", CI="1")
 
 
@@ -70,6 +72,21 @@ def test_frozen_word_embeddings_resume_and_export(tmp_path):
   key = "embeddings.word_embeddings.weight"
   np.testing.assert_array_equal(before[key], after[key])  # frozen through the resume
   assert not np.array_equal(before["embeddings.LayerNorm.bias"], after["embeddings.LayerNorm.bias"])
+
+  # Weight-space interpolation (export --mix / eval.mix): mix 0 is the untrained student, 0.5 the midpoint.
+  import jax
+  from optical_jax import export
+  trained, _ = export.load_student(str(wd))
+  untrained, _ = export.load_student(str(wd), mix=0.0)
+  half, _ = export.load_student(str(wd), mix=0.5)
+  jax.tree.map(lambda h, t, u: np.testing.assert_allclose(h, 0.5 * (t + u), rtol=1e-6, atol=1e-7),
+               half.params, trained.params, untrained.params)
+  from optical_jax import config as config_lib
+  from optical_jax import student as student_lib
+  initial = student_lib.initial_encoder(config_lib.from_json(wd / "config.json"))
+  jax.tree.map(np.testing.assert_array_equal, untrained.params, initial.params)
+  with pytest.raises(UserError, match="mix"):
+    export.load_student(str(wd), mix=1.5)
 
 
 def test_bad_config_exits_2(tmp_path):

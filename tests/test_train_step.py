@@ -42,6 +42,17 @@ def single_device_run():
   return _run((1, 1, 1), jax.devices()[:1])
 
 
+def test_ranking_term_with_hard_negatives_shards_like_one_device():
+  overrides = ("loss.rank_weight=1.0", "loss.rank_hard_negatives=2", "loss.rank_duplicate_threshold=0.99")
+  reference, ref_state, _ = _run((1, 1, 1), jax.devices()[:1], overrides=overrides)
+  losses, state, _ = _run((4, 2, 1), overrides=overrides)
+  np.testing.assert_allclose(losses, reference, atol=1e-5, rtol=0)
+  single, _, _ = _run((1, 1, 1), jax.devices()[:1])
+  assert not np.allclose(losses, single)  # the term is really in the loss
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), jax.device_get(state.params),
+               jax.device_get(ref_state.params))
+
+
 @pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
 def test_sharded_losses_equal_one_device(mesh_shape, single_device_run):
   reference, ref_state, _ = single_device_run

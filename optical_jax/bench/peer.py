@@ -42,6 +42,7 @@ def reference_config(config: ml_collections.ConfigDict, encoder_config, min_real
        "unbalanced OT (the reference solves the balanced problem)"),
       (not encoder_config.normalize, "L2-normalised head output (the reference has none)"),
       (not config.loss.mse_weight, "an MSE term (the reference has OT only)"),
+      (not config.loss.rank_weight, "a ranking term (the reference has OT only)"),
       (not config.loss.english_weight,
        "an English-side term (the reference has the low-resource OT term only)"),
   ]

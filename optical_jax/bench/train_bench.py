@@ -68,6 +68,14 @@ def make_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, 
       inner = lambda m, n: m & (jnp.arange(m.shape[1])[None] > 0) & (jnp.arange(m.shape[1])[None] < n[:, None] - 1)
       batch["student_ot_mask"] = inner(student_mask, student_len).astype(jnp.int32)
       batch["teacher_ot_mask"] = inner(teacher_mask, teacher_len).astype(jnp.int32)
+    if "negative_tokens" in spec:
+      # Mined negatives are other examples' stored teacher tokens: the same shapes, here the batch's own repeated.
+      hard = config.loss.rank_hard_negatives
+      batch["example_index"] = jnp.arange(b, dtype=jnp.int32)
+      batch["negative_index"] = jnp.arange(b, b * (hard + 1), dtype=jnp.int32)
+      for key in ("tokens", "mask", "ot_mask"):
+        if f"negative_{key}" in spec:
+          batch[f"negative_{key}"] = jnp.repeat(batch[f"teacher_{key}"], hard, axis=0)
     if "student_weights" in spec:
       batch["student_weights"] = jax.random.uniform(keys[4], (b, ls), minval=0.5, maxval=8.0) * student_mask
       batch["teacher_weights"] = jax.random.uniform(keys[5], (b, lt), minval=0.5, maxval=8.0) * teacher_mask

@@ -39,6 +39,16 @@ def batch_spec(config: ml_collections.ConfigDict, *, teacher_dtype: str | None =
     spec["teacher_ot_mask"] = Field(2, int32, "[B, Lt]")
     if english:
       spec["english_ot_mask"] = Field(2, int32, "[B, Lt]")
+  hard = config.loss.rank_hard_negatives if config.loss.rank_weight else 0
+  if hard:
+    # Each example's `hard` mined negatives, example-major: rows i*hard ... i*hard + hard - 1 belong to example i.
+    # Never trimmed to a length bucket (they are other examples, padded to data.max_len_teacher).
+    spec["example_index"] = Field(1, int32, "[B] training-set index of each example")
+    spec["negative_index"] = Field(1, int32, "[B*H] training-set index of each hard negative")
+    spec["negative_tokens"] = Field(3, teacher_dtype or config.data.teacher_dtype, "[B*H, Lt, D] their teacher states")
+    spec["negative_mask"] = Field(2, int32, "[B*H, Lt] 1 on real tokens")
+    if config.ot.tokens == "content":
+      spec["negative_ot_mask"] = Field(2, int32, "[B*H, Lt] the tokens MaxSim scores")
   if config.ot.marginals == "idf":
     spec["student_weights"] = Field(2, "float32", "[B, Ls] IDF marginal weights (0 on pads)")
     spec["teacher_weights"] = Field(2, "float32", "[B, Lt]")

