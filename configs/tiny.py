@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   c.ot = ml_collections.ConfigDict(dict(
-      epsilon=0.05,               # absolute entropic regularisation (see DESIGN: must match the cost scale)
+      epsilon=0.05,               # absolute entropic regularisation (must match the cost scale: docs/method.md)
       iterations=30,              # fixed Sinkhorn iteration count (vmapped: no data-dependent stopping)
       relative_epsilon="",        # "" = absolute epsilon; "std" | "mean" = epsilon x that statistic of each cost matrix
       grad="envelope",            # "envelope" | "implicit" | "unroll"
@@ -65,7 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tokens="all",               # tokens in the OT problem: "all" | "content" (no special / prefix tokens)
   ))
 
-  c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
+  # Pure OPTICAL; loss.rank_weight > 0 adds the ranking term (docs/method.md).
+  c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0, rank_weight=0.0, rank_temperature=0.05,
+                                          rank_duplicate_threshold=1.0))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32,

@@ -100,11 +100,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       iterations=100,             # fixed count: vmapped Sinkhorn must not stop data-dependently
       relative_epsilon="mean",
       grad="envelope",
-      marginals="uniform",
-      tokens="all",               # "all" | "content" (no special / prefix tokens in the OT problem)
+      marginals="idf",            # BM25 IDF over the training bitext (the demo: better than uniform)
+      tokens="content",           # "all" | "content" (no special / prefix tokens in the OT problem)
   ))
 
-  c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0))
+  # The recipe measured in the demo (docs/results.md: mE5-small, 2-core CPU, 300 steps x 16): IDF marginals,
+  # content tokens, and the ranking term beside OT. UNTESTED at this scale and with this student; set
+  # loss.rank_weight=0 for pure OPTICAL.
+  c.loss = ml_collections.ConfigDict(dict(ot_weight=1.0, mse_weight=0.0, rank_weight=1.0, rank_temperature=0.05,
+                                          rank_duplicate_threshold=0.95))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128,             # global

@@ -82,6 +82,9 @@ SCHEMA: dict[str, Key] = {
     "loss.rank_weight": Key(float, 0.0, doc="contrastive ranking term on stored teacher documents (0 = pure OPTICAL)"),
     "loss.rank_temperature": Key(float, 0.05, doc="softmax temperature of the ranking term (scores lie in [-1, 1])"),
     "loss.rank_scorer": Key(str, "maxsim", ("maxsim", "pooled"), "which retrieval score the ranking term trains"),
+    "loss.rank_target": Key(str, "translation", ("translation", "teacher"),
+                            '"translation" = InfoNCE (the translation first); "teacher" = distil the teacher\'s '
+                            "score distribution over the candidates"),
     "loss.rank_hard_negatives": Key(int, 0, doc="mined hard negatives per example (teacher's nearest other "
                                                   "training examples), scored beside the in-batch documents"),
     "loss.rank_duplicate_threshold": Key(float, 1.0, doc="negatives whose teacher score to the positive reaches "

@@ -440,13 +440,17 @@ def ranking_scores(student_tokens: Array, student_mask: Array, doc_tokens: Array
 def ranking_loss(student_tokens: Array, student_mask: Array, doc_tokens: Array, doc_mask: Array, *,
                  temperature: float, scorer: str = "maxsim", duplicate_threshold: float = 1.0,
                  bank_tokens: Array | None = None, bank_mask: Array | None = None, doc_index: Array | None = None,
-                 bank_index: Array | None = None) -> tuple[Array, dict[str, Array]]:
+                 bank_index: Array | None = None, target: str = "translation") -> tuple[Array, dict[str, Array]]:
   """InfoNCE over stored teacher documents: query i must rank its own translation (document i) first.
 
   The candidates are the batch's teacher documents (in-batch negatives) plus an optional bank of other stored
   teacher documents. The documents are frozen teacher states, so a negative costs one score, not a forward pass.
   A negative whose teacher-side score to the positive (same scorer, teacher against teacher) reaches
   `duplicate_threshold` is left out: a near-copy of the right verse is not a wrong answer.
+
+  target="teacher" distils the teacher's own score distribution over the same candidates instead (cross-entropy
+  to softmax(teacher scores / temperature), teacher against teacher: Translate-Distill style), which keeps the
+  teacher's topical similarity rather than pushing every related verse away; duplicates then need no filter.
 
   Args:
     student_tokens: [B, Ls, D] student query tokens; student_mask: [B, Ls] the tokens that score.
@@ -463,8 +467,10 @@ def ranking_loss(student_tokens: Array, student_mask: Array, doc_tokens: Array, 
   batch = student_tokens.shape[0]
   scores = ranking_scores(student_tokens, student_mask, doc_tokens, doc_mask, scorer=scorer)         # [B, B]
   real_doc = jnp.any(_bool_mask(doc_mask), axis=-1)
+  if target not in ("translation", "teacher"):
+    raise UserError(f"loss.rank_target: must be one of 'translation', 'teacher', got {target!r}")
   teacher_scores = None
-  if duplicate_threshold < 1.0:
+  if duplicate_threshold < 1.0 or target == "teacher":
     teacher_scores = ranking_scores(doc_tokens, doc_mask, doc_tokens, doc_mask, scorer=scorer)
   if bank_tokens is not None:
     # Scored separately: the bank may be padded to another length than the batch's documents.
@@ -481,11 +487,18 @@ def ranking_loss(student_tokens: Array, student_mask: Array, doc_tokens: Array, 
     same = jnp.asarray(bank_index)[None, :] == jnp.asarray(doc_index)[:, None]
     keep = keep & ~jnp.concatenate([jnp.zeros((batch, batch), bool), same], axis=1)
   if teacher_scores is not None:
-    keep = keep & (jax.lax.stop_gradient(teacher_scores) < duplicate_threshold)
+    teacher_scores = jax.lax.stop_gradient(teacher_scores)
+    if target == "translation":
+      keep = keep & (teacher_scores < duplicate_threshold)
   candidates = keep | positive
   logits = jnp.where(candidates, scores / temperature, -jnp.inf)
   pos_score = jnp.sum(jnp.where(positive, scores, 0.0), axis=-1)
-  per_example = jax.nn.logsumexp(logits, axis=-1) - pos_score / temperature
+  if target == "teacher":
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    p_teacher = jax.nn.softmax(jnp.where(candidates, teacher_scores / temperature, -jnp.inf), axis=-1)
+    per_example = -jnp.sum(jnp.where(candidates, p_teacher * log_p, 0.0), axis=-1)
+  else:
+    per_example = jax.nn.logsumexp(logits, axis=-1) - pos_score / temperature
   valid = jnp.any(_bool_mask(student_mask), axis=-1) & jnp.any(_bool_mask(doc_mask), axis=-1)
   n_valid = jnp.maximum(jnp.sum(valid), 1)
   batch_mean = lambda v: jnp.sum(jnp.where(valid, v, 0.0)) / n_valid

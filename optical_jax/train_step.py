@@ -159,7 +159,7 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
         student, student_ot_mask if maxsim else batch["student_mask"],
         teacher, teacher_ot_mask if maxsim else batch["teacher_mask"],
         temperature=weights.rank_temperature, scorer=weights.rank_scorer,
-        duplicate_threshold=weights.rank_duplicate_threshold, **negatives)
+        duplicate_threshold=weights.rank_duplicate_threshold, target=weights.rank_target, **negatives)
     total = total + rank_weight * rank_loss
     metrics.update(rank_aux)
     metrics["rank_loss"] = rank_loss

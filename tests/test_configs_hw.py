@@ -270,9 +270,11 @@ def test_bench_builds_its_synthetic_batches_at_every_sweep_point(name):
         p, mesh, pad_id=1, vocab_size=c.student.vocab_size, teacher_dim=c.teacher.dim, count=1,
         min_real_frac=s.min_real_frac))[0]
     lt, d = c.data.max_len_teacher, c.teacher.dim
+    # The recipe's keys: content-token masks and IDF weights on both sides (batch_spec).
     assert {k: v.shape for k, v in shapes.items()} == {
         "student_ids": (batch, length), "student_mask": (batch, length), "teacher_tokens": (batch, lt, d),
-        "teacher_mask": (batch, lt)}
+        "teacher_mask": (batch, lt), "student_ot_mask": (batch, length), "teacher_ot_mask": (batch, lt),
+        "student_weights": (batch, length), "teacher_weights": (batch, lt)}
     assert shapes["teacher_tokens"].dtype == np.float16 and shapes["student_ids"].dtype == np.int32
     shard = sharding.data_sharding(mesh, 2).shard_shape((batch, length))
     assert shard == (batch // 8, length)

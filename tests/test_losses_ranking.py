@@ -93,3 +93,28 @@ def test_unknown_scorer_is_a_user_error():
   q, qm, d, dm = _batch(5)
   with pytest.raises(Exception, match="rank_scorer"):
     losses.ranking_loss(jnp.asarray(q), qm, jnp.asarray(d), dm, temperature=0.1, scorer="bm25")
+
+
+def test_teacher_target_is_cross_entropy_to_the_teachers_softmax():
+  q, qm, d, dm = _batch(6)
+  t = 0.1
+  scores, teacher = _numpy_scores(q, qm, d, dm, "maxsim"), _numpy_scores(d, dm, d, dm, "maxsim")
+  log_p = scores / t - np.logaddexp.reduce(scores / t, axis=1, keepdims=True)
+  p_teacher = np.exp(teacher / t - np.logaddexp.reduce(teacher / t, axis=1, keepdims=True))
+  want = float(np.mean(-(p_teacher * log_p).sum(1)))
+  got, _ = losses.ranking_loss(jnp.asarray(q), qm, jnp.asarray(d), dm, temperature=t, target="teacher")
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_a_bank_row_of_the_query_itself_is_never_its_negative():
+  q, qm, d, dm = _batch(7)
+  index = np.arange(len(q), dtype=np.int32)
+  plain, _ = losses.ranking_loss(jnp.asarray(q), qm, jnp.asarray(d), dm, temperature=0.1)
+  # The bank holds document 0 again under its own example index: query 0 must not see it as a wrong answer, and
+  # the other queries see one more (real) negative.
+  with_self, _ = losses.ranking_loss(jnp.asarray(q), qm, jnp.asarray(d), dm, temperature=0.1,
+                                     bank_tokens=jnp.asarray(d[:1]), bank_mask=dm[:1], doc_index=index,
+                                     bank_index=np.asarray([0], np.int32))
+  want = _numpy_infonce(q, qm, d, dm, 0.1, "maxsim", bank=d[:1], bank_mask=dm[:1])
+  per_query_extra = want - float(plain)
+  assert float(with_self) < want and float(with_self) > float(plain) and per_query_extra > 0

@@ -5,7 +5,8 @@ Phases (each resumable: rerunning on the same DIR skips what is done):
                 Hugging Face directories (`optical-jax assets`)
   2. teacher    build the Swahili-English Bible split (tfds:bible/sw_en) and precompute the teacher's token
                 states over the English side of the sampled training pairs (DIR/teacher_store)
-  3. train      the `optical` student (OT token alignment) and the `mse_distill` baseline, same data and steps
+  3. train      the `optical` student (OT token alignment + a ranking term), pure OPTICAL (`ot_only`) and the
+                ranking term alone (`contrastive`), same data and steps
                 (DIR/train/NAME: checkpoints, metrics.jsonl, TensorBoard)
   4. evaluate   every system on every collection, MaxSim and pooled (DIR/eval: TREC runs, qrels, metrics.json)
   5. report     DIR/results.json, DIR/results.md, DIR/plots/*.png, the table on stdout

@@ -21,8 +21,10 @@ class Setting:
 
 
 SETTINGS = {
-    "shared": Setting("demo_sw.py", ("optical", "mse_distill"), ("me5-small",), "teacher_en,zero_shot"),
-    "minilm": Setting("demo_sw_minilm.py", ("optical", "mse_distill"), ("me5-small", "minilm"),
+    # optical = the recipe (OT + ranking term); ot_only = pure OPTICAL; contrastive = the ranking term alone.
+    "shared": Setting("demo_sw.py", ("optical", "ot_only", "contrastive"), ("me5-small",), "teacher_en,zero_shot"),
+    # Measured with OT alone (the ranking term is untested with a projection head).
+    "minilm": Setting("demo_sw_minilm.py", ("ot_only", "mse_distill"), ("me5-small", "minilm"),
                       "teacher_en,teacher_lr,zero_shot"),
     "tiny": Setting("tiny.py", ("optical", "mse_distill"), (), "zero_shot", synthetic=True),
 }
@@ -61,8 +63,10 @@ def load_configs(setting: str, workdir: pathlib.Path) -> dict[str, ml_collection
 def tiny_demo_config(config: ml_collections.ConfigDict, objective: str, files: dict[str, str]
                      ) -> ml_collections.ConfigDict:
   """configs/tiny.py:text made into a short demo run: one objective, an eval section on the generated files."""
-  weights = {"optical": (1.0, 0.0), "mse_distill": (0.0, 1.0), "optical_mse": (1.0, 1.0)}[objective]
-  config.loss.ot_weight, config.loss.mse_weight = weights
+  # (ot, mse, rank) weights, as configs/demo_sw.py's objectives.
+  weights = {"optical": (1.0, 0.0, 1.0), "ot_only": (1.0, 0.0, 0.0), "contrastive": (0.0, 0.0, 1.0),
+             "mse_distill": (0.0, 1.0, 0.0), "optical_mse": (1.0, 1.0, 0.0)}[objective]
+  config.loss.ot_weight, config.loss.mse_weight, config.loss.rank_weight = weights
   config.train.steps, config.train.batch_size, config.train.log_every = TINY_STEPS, 32, 5
   config.train.checkpoint_every, config.train.warmup_steps = TINY_STEPS, 5
   config.data.max_len_student = config.data.max_len_teacher = 40
