@@ -186,13 +186,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key in ("teacher_batch_size", "examples_per_shard", "num_examples"):
     if config.data[key] < 1:
       raise UserError(f"config: data.{key} must be >= 1, got {config.data[key]}")
-  if config.data.bitext == "synthetic" and config.loss.english_weight:
-    raise UserError("config: data.bitext='synthetic' has no English text: set loss.english_weight=0")
+  if config.data.bitext == "synthetic" and (config.loss.english_weight or config.loss.english_mse_weight):
+    raise UserError("config: data.bitext='synthetic' has no English text: set loss.english_weight=0 and "
+                    "loss.english_mse_weight=0")
+  if not 0.0 <= config.eval.mix <= 1.0:
+    raise UserError(f"config: eval.mix must be in [0, 1], got {config.eval.mix}")
   if config.loss.rank_temperature <= 0:
     raise UserError(f"config: loss.rank_temperature must be > 0, got {config.loss.rank_temperature}")
   if config.loss.rank_hard_negatives < 0:
     raise UserError(f"config: loss.rank_hard_negatives must be >= 0, got {config.loss.rank_hard_negatives}")
-  if not any(config.loss[k] for k in ("ot_weight", "mse_weight", "english_weight", "rank_weight")):
+  if not any(config.loss[k] for k in ("ot_weight", "mse_weight", "english_weight", "english_mse_weight",
+                                       "rank_weight")):
     raise UserError("config: every loss weight is 0: set loss.ot_weight, loss.rank_weight or loss.mse_weight")
   _validate_length_buckets(config)
   _validate_eval(config.eval)

@@ -79,6 +79,8 @@ SCHEMA: dict[str, Key] = {
     "loss.ot_weight": Key(float, 1.0),
     "loss.mse_weight": Key(float, 0.0, doc="sentence-level MSE distillation baseline"),
     "loss.english_weight": Key(float, 0.0, doc="English-side term OT(teacher(en), student(en))"),
+    "loss.english_mse_weight": Key(float, 0.0, doc="English-side MSE(student(en), teacher(en)) on pooled vectors "
+                                                    "(with loss.mse_weight: make_multilingual's both sides)"),
     "loss.rank_weight": Key(float, 0.0, doc="contrastive ranking term on stored teacher documents (0 = pure OPTICAL)"),
     "loss.rank_temperature": Key(float, 0.05, doc="softmax temperature of the ranking term (scores lie in [-1, 1])"),
     "loss.rank_scorer": Key(str, "maxsim", ("maxsim", "pooled"), "which retrieval score the ranking term trains"),

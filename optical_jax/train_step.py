@@ -132,19 +132,26 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
     total = total + ot_weight * ot_loss
     metrics.update({f"ot/{k}": v for k, v in ot_aux.items()})
     metrics["ot_loss"] = ot_loss
-  english_weight = weights.english_weight
+  english_weight, english_mse_weight = weights.english_weight, weights.english_mse_weight
+  if english_weight or english_mse_weight:
+    if "english_ids" not in batch:
+      raise UserError("loss.english_weight / loss.english_mse_weight need the English side tokenised for the "
+                      "student: only the bitext + teacher-store data path provides it (not data.bitext=synthetic "
+                      "or the benchmark)")
+    student_en = model.apply({"params": params}, batch["english_ids"], batch["english_mask"], head=True)
   if english_weight:
     # OT(teacher(en), student(en)): keeps the student's English token states on the teacher's, so that aligning
     # the low-resource side does not pull the shared space away from what the teacher indexed.
-    if "english_ids" not in batch:
-      raise UserError("loss.english_weight needs the English side tokenised for the student: only the bitext + "
-                      "teacher-store data path provides it (not data.bitext=synthetic or the benchmark)")
-    student_en = model.apply({"params": params}, batch["english_ids"], batch["english_mask"], head=True)
     english_loss, _ = losses.ot_alignment_loss(
         student_en, batch.get("english_ot_mask", batch["english_mask"]), teacher, teacher_ot_mask,
         **ot_options.from_config(ot_config))
     total = total + english_weight * english_loss
     metrics["english_ot_loss"] = english_loss
+  if english_mse_weight:
+    # MSE(student(en), teacher(en)) on pooled vectors: the English half of make_multilingual's objective.
+    english_mse, _ = losses.mse_distill_loss(student_en, batch["english_mask"], teacher, batch["teacher_mask"])
+    total = total + english_mse_weight * english_mse
+    metrics["english_mse_loss"] = english_mse
   rank_weight = weights.rank_weight
   if rank_weight:
     # Scored on the tokens evaluation's MaxSim matches (the OT masks: content tokens when ot.tokens="content").

@@ -26,6 +26,11 @@ def test_overrides_are_typed():
     ("train.steps=abc", "train.steps"),
     ("ot.grad=sideways", "ot.grad"),
     ("ot.epsilon=0", "ot.epsilon"),
+    ("loss.ot_weight=0", "every loss weight is 0"),
+    ("loss.rank_temperature=0", "loss.rank_temperature"),
+    ("loss.rank_hard_negatives=-1", "loss.rank_hard_negatives"),
+    ("loss.rank_scorer=bm25", "loss.rank_scorer"),
+    ("eval.mix=1.5", "eval.mix"),
 ])
 def test_bad_override_names_the_field(override, field):
   with pytest.raises(UserError, match=field.replace(".", r"\.")):

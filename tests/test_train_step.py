@@ -169,9 +169,9 @@ def test_length_bucket_cut_leaves_loss_and_update_unchanged():
 
 def test_english_side_term_is_minimal_when_student_matches_teacher_on_english():
   """loss.english_weight adds OT(teacher(en), student(en)): ~0 with zero gradient where they agree, > 0 elsewhere."""
-  config = config_lib.load_config("configs/tiny.py", [
-      "data.num_examples=8", "loss.ot_weight=0.0", "ot.epsilon=0.01", "ot.iterations=200"])
+  config = config_lib.load_config("configs/tiny.py", ["data.num_examples=8", "ot.epsilon=0.01", "ot.iterations=200"])
   data = training_data.build(config, None)
+  config.loss.ot_weight = 0.0  # the English-side term alone (validation refuses a config with every weight 0)
   # Synthetic data has no English side (validation refuses the term there): the test supplies it by hand.
   config.loss.english_weight = 1.0
   model = student_lib.build_student(config).module
@@ -196,3 +196,9 @@ def test_english_side_term_is_minimal_when_student_matches_teacher_on_english():
 
   with pytest.raises(UserError, match="english_weight"):
     ts.distillation_loss(params, rows, model=model, config=config)
+
+  # The English-side MSE (make_multilingual's second half): 0 where the pooled vectors agree, > 0 elsewhere.
+  config.loss.english_weight, config.loss.english_mse_weight = 0.0, 1.0
+  mse_fn = jax.jit(lambda p, b: ts.distillation_loss(p, b, model=model, config=config)[1]["english_mse_loss"])
+  batch = lambda t: {**rows, **english, "teacher_tokens": t, "teacher_mask": english["english_mask"]}
+  assert float(mse_fn(params, batch(own))) < 1e-6 < float(mse_fn(params, batch(jnp.roll(own, 1, axis=0))))

@@ -43,6 +43,7 @@ def reference_config(config: ml_collections.ConfigDict, encoder_config, min_real
       (not encoder_config.normalize, "L2-normalised head output (the reference has none)"),
       (not config.loss.mse_weight, "an MSE term (the reference has OT only)"),
       (not config.loss.rank_weight, "a ranking term (the reference has OT only)"),
+      (not config.loss.english_mse_weight, "an English-side MSE term (the reference has OT only)"),
       (not config.loss.english_weight,
        "an English-side term (the reference has the low-resource OT term only)"),
   ]

@@ -30,7 +30,7 @@ def batch_spec(config: ml_collections.ConfigDict, *, teacher_dtype: str | None =
       "teacher_tokens": Field(3, teacher_dtype or config.data.teacher_dtype, "[B, Lt, D] teacher token states"),
       "teacher_mask": Field(2, int32, "[B, Lt] 1 on real tokens"),
   }
-  english = bool(config.loss.english_weight)
+  english = bool(config.loss.english_weight or config.loss.english_mse_weight)
   if english:
     spec["english_ids"] = Field(2, int32, "[B, Lt] the English side in the student's tokenizer")
     spec["english_mask"] = Field(2, int32, "[B, Lt]")
