@@ -34,13 +34,14 @@ import os
 
 import ml_collections
 
-# Config arg -> (loss.ot_weight, loss.mse_weight, loss.rank_weight).
+# Config arg -> the loss weights it sets (every other weight 0).
 OBJECTIVES = {
-    "optical": (1.0, 0.0, 1.0),      # the recipe: OT token alignment + the ranking term
-    "ot_only": (1.0, 0.0, 0.0),      # pure OPTICAL
-    "contrastive": (0.0, 0.0, 1.0),  # the ranking term alone (InfoNCE on MaxSim, LaBSE / mE5 style)
-    "mse_distill": (0.0, 1.0, 0.0),  # sentence-level MSE (Reimers & Gurevych 2020)
-    "optical_mse": (1.0, 1.0, 0.0),
+    "optical": dict(ot_weight=1.0, rank_weight=1.0),   # the recipe: OT token alignment + the ranking term
+    "ot_only": dict(ot_weight=1.0),                    # pure OPTICAL
+    "contrastive": dict(rank_weight=1.0),              # the ranking term alone (InfoNCE on MaxSim, LaBSE / mE5 style)
+    # make_multilingual (Reimers & Gurevych 2020): student(sw) and student(en) both to teacher(en), pooled MSE.
+    "mse_distill": dict(mse_weight=1.0, english_mse_weight=1.0),
+    "optical_mse": dict(ot_weight=1.0, mse_weight=1.0),
 }
 
 
@@ -95,11 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tokens="content",           # "all" | "content" (no <s>, prefix pieces, </s>)
   ))
 
-  ot_weight, mse_weight, rank_weight = OBJECTIVES[objective]
+  weights = {**dict(ot_weight=0.0, mse_weight=0.0, english_mse_weight=0.0, rank_weight=0.0), **OBJECTIVES[objective]}
   c.loss = ml_collections.ConfigDict(dict(
-      ot_weight=ot_weight,
-      mse_weight=mse_weight,
-      rank_weight=rank_weight,
+      **weights,
       rank_temperature=0.05,
       rank_scorer="maxsim",
       rank_hard_negatives=0,

@@ -185,7 +185,7 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
   and VERSION in ENGLISH_VERSIONS).
 
   The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
-  (LANGUAGE_CODES) and every English one, whichever collections are requested: all Bible collections share it, and
+  (LANGUAGE_CODES) and every English one used, whichever collections are requested: all Bible collections share it, and
   `bible_sw_en` scores the same verses whether it is evaluated alone or beside `bible_bn_en`.
   """
   parsed = []
@@ -202,9 +202,12 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
                       f"VERSION in {', '.join(ENGLISH_VERSIONS)})")
   sample = []
   if any(kind != "quran" for kind, *_ in parsed):
-    # Over every English version, so that adding a `_kjv` collection leaves the verse sample unchanged.
+    # Also over the English versions the requested collections add. KJV and KJ2000 have no empty New Testament
+    # verse in the shipped bible.db, so asking for a `_kjv` collection leaves the sample unchanged there.
+    extra = {ENGLISH_VERSIONS[v] for kind, _, v in parsed if v} | (
+        {ENGLISH_VERSIONS["kjv"]} if any(v == "bbe" for _, _, v in parsed) else set())
     codes = [LANGUAGE_CODES[lang] for lang in sorted(LANGUAGE_CODES)] + sorted(
-        {doc_version, query_en_version, *ENGLISH_VERSIONS.values()})
+        {doc_version, query_en_version} | extra)
     sample = sample_nt_verses(num_verses, codes=codes, seed=seed, db_path=bible_db)
   out = []
   for kind, lang, version in parsed:

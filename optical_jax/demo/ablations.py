@@ -48,7 +48,10 @@ VARIANTS = (
     Variant("optical", "optical", (), "the demo's recipe: OT + ranking term (configs/demo_sw.py)"),
     Variant("ot_only", "ot_only", (), "pure OPTICAL: OT alone (what the ranking term adds)"),
     Variant("contrastive", "contrastive", (), "the ranking term alone (what OT adds)"),
-    Variant("mse_distill", "mse_distill", (), "sentence-level MSE baseline"),
+    Variant("mse_distill", "mse_distill", (), "pooled MSE, student(sw) and student(en) to teacher(en) "
+            "(make_multilingual)"),
+    Variant("mse_distill_one_side", "mse_distill", ("loss.english_mse_weight=0.0",),
+            "pooled MSE of student(sw) only (the earlier baseline)"),
     Variant("optical_hard_negatives_4", "optical", ("loss.rank_hard_negatives=4",),
             "plus 4 mined hard negatives per example (the teacher's nearest other training verses)"),
     Variant("optical_temperature_0.02", "optical", ("loss.rank_temperature=0.02",), "ranking temperature 0.02"),

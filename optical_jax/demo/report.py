@@ -29,7 +29,8 @@ SYSTEMS = {
     "teacher_en": "the teacher with the English translation (BBE) as query: upper bound",
     "teacher_lr": "the teacher fed the low-resource query",
     "zero_shot": "the untrained student (step 0) with the low-resource query",
-    "mse_distill": "student trained with sentence-level MSE to the teacher's pooled embedding",
+    "mse_distill": "student trained with pooled MSE to the teacher's English vector, on both the low-resource "
+                   "and the English side (make_multilingual)",
     "optical": "the recipe: OT token alignment (OPTICAL) plus a ranking term on stored teacher documents",
     "ot_only": "student trained with OT token alignment alone (pure OPTICAL)",
     "contrastive": "student trained with the ranking term alone (InfoNCE on MaxSim against stored teacher documents)",

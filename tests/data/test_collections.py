@@ -21,6 +21,7 @@ def _rows():
     rows.append(("b", b, c, v, "-" if (b, c, v) == (42, 3, 4) else f"bn {b}.{c}.{v}"))  # BCL merged verse
     rows.append(("4", b, c, v, f"web {b}.{c}.{v}"))
     rows.append(("3", b, c, v, "***" if (b, c, v) == (44, 1, 8) else f"bbe {b}.{c}.{v}"))
+    rows.append(("k", b, c, v, f"kjv {b}.{c}.{v}"))
   return rows
 
 
@@ -94,6 +95,24 @@ def test_build_shares_one_sample_across_languages(db):
     assert cs[0].documents.get(docid, text) == text
   with pytest.raises(UserError, match="unknown collection"):
     collections.build(["bible_sw_fr"], bible_db=db)
+  with pytest.raises(UserError, match="unknown collection"):
+    collections.build(["bible_sw_en_niv"], bible_db=db)
+
+
+def test_another_english_version_as_documents(db):
+  web, kjv, xref = collections.build(["bible_sw_en", "bible_sw_en_kjv", "bible_xref_sw_en_kjv"], num_verses=0,
+                                     bible_db=db)
+  assert (kjv.name, xref.name) == ("bible_sw_en_kjv", "bible_xref_sw_en_kjv")
+  # Same verses and queries, the documents in KJV, every id prefixed so that both can be evaluated together.
+  assert kjv.queries == {f"kjv:{q}": t for q, t in web.queries.items()}
+  assert kjv.documents == {f"kjv:{d}": t.replace("web", "kjv") for d, t in web.documents.items()}
+  assert kjv.qrels == {f"kjv:{q}": {f"kjv:{d}": 1 for d in j} for q, j in web.qrels.items()}
+  assert kjv.english_queries == {f"kjv:{q}": t for q, t in web.english_queries.items()}   # BBE, not the docs'
+  assert xref.exclude_self and all(q.startswith("kjv:") for q in xref.qrels)
+  assert all(d.startswith("kjv:") for j in xref.qrels.values() for d in j)
+  # BBE documents: the teacher's English queries switch to KJV (never the documents' own wording).
+  bbe = collections.build(["bible_sw_en_bbe"], num_verses=0, bible_db=db)[0]
+  assert all(t.startswith("kjv") for t in bbe.english_queries.values())
   with pytest.raises(UserError, match="query language"):
     collections.build(["bible_xx_en"], bible_db=db)
 
