@@ -464,11 +464,11 @@ def ranking_loss(student_tokens: Array, student_mask: Array, doc_tokens: Array, 
     (loss, {"rank_accuracy": share of queries whose positive scores highest, "rank_margin": mean of positive score
     minus the best negative's}).
   """
+  if target not in ("translation", "teacher"):
+    raise UserError(f"loss.rank_target: must be one of 'translation', 'teacher', got {target!r}")
   batch = student_tokens.shape[0]
   scores = ranking_scores(student_tokens, student_mask, doc_tokens, doc_mask, scorer=scorer)         # [B, B]
   real_doc = jnp.any(_bool_mask(doc_mask), axis=-1)
-  if target not in ("translation", "teacher"):
-    raise UserError(f"loss.rank_target: must be one of 'translation', 'teacher', got {target!r}")
   teacher_scores = None
   if duplicate_threshold < 1.0 or target == "teacher":
     teacher_scores = ranking_scores(doc_tokens, doc_mask, doc_tokens, doc_mask, scorer=scorer)

@@ -104,6 +104,11 @@ def test_teacher_target_is_cross_entropy_to_the_teachers_softmax():
   want = float(np.mean(-(p_teacher * log_p).sum(1)))
   got, _ = losses.ranking_loss(jnp.asarray(q), qm, jnp.asarray(d), dm, temperature=t, target="teacher")
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  # Excluded candidates (a bank row that is a query's own example) leave the gradient finite.
+  grad = jax.grad(lambda x: losses.ranking_loss(
+      x, qm, jnp.asarray(d), dm, temperature=t, target="teacher", bank_tokens=jnp.asarray(d[:2]), bank_mask=dm[:2],
+      doc_index=np.arange(len(q)), bank_index=np.asarray([0, 1]))[0])(jnp.asarray(q))
+  assert np.all(np.isfinite(np.asarray(grad))) and np.any(np.asarray(grad) != 0)
 
 
 def test_a_bank_row_of_the_query_itself_is_never_its_negative():
