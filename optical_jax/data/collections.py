@@ -149,8 +149,9 @@ def bible_passages(language: str, sample: Sequence[tuple[int, int, int]], *, doc
   en = bible.load_verses(doc_version, db_path=db_path)
   en_q = bible.load_verses(query_en_version, db_path=db_path)
   chapters = sorted({k[:2] for k in sample})
+  wanted = set(chapters)
   by_chapter: dict[tuple[int, int], list] = {}
-  for key in sorted(k for k in en if k[:2] in set(chapters) and en[k]):
+  for key in sorted(k for k in en if k[:2] in wanted and en[k]):
     by_chapter.setdefault(key[:2], []).append(key)
   documents, passage_of = {}, {}
   for chapter in chapters:

@@ -14,6 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from optical_jax.errors import UserError
+
 log = logging.getLogger("optical_jax")
 
 TokenLookup = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # rows -> (tokens [n, L, D], mask [n, L])
@@ -33,11 +35,12 @@ def pooled_vectors(lookup: TokenLookup, num_examples: int, *, chunk: int = 1024)
 def nearest_others(vectors: np.ndarray, k: int, *, chunk: int = 1024) -> np.ndarray:
   """[N, k] int64: for each row, the k other rows of highest cosine, most similar first (ties by lower row).
 
-  Exact (brute force, N x N in chunks of rows): 23k examples take seconds.
+  Exact (brute force, N x N in chunks of rows).
   """
   n = len(vectors)
   if not 0 < k < n:
-    raise ValueError(f"hard negatives: need 0 < k < number of examples, got k={k} for {n} examples")
+    raise UserError(f"loss.rank_hard_negatives={k}: must be between 1 and the number of training examples - 1 "
+                    f"({n - 1})")
   out = np.empty((n, k), np.int64)
   for start in range(0, n, chunk):
     stop = min(start + chunk, n)
