@@ -43,11 +43,17 @@ def load_collections(ev: ml_collections.ConfigDict) -> list[collections_lib.Eval
 
 
 def system_name(config: ml_collections.ConfigDict) -> str:
-  """The trained student's name: eval.system, else from the loss weights (optical / mse_distill / optical_mse)."""
+  """The trained student's name: eval.system, else from the loss weights, as the demo names its students
+  (optical = OT + ranking term, ot_only, contrastive, mse_distill, optical_mse), with `_mixM` for eval.mix < 1."""
   if config.eval.system:
     return config.eval.system
-  ot, mse = config.loss.ot_weight, config.loss.mse_weight
-  name = "optical_mse" if ot and mse else ("mse_distill" if mse else "optical")
+  ot, mse, rank = config.loss.ot_weight, config.loss.mse_weight, config.loss.rank_weight
+  if mse:
+    name = "optical_mse" if ot else "mse_distill"
+  elif ot:
+    name = "optical" if rank else "ot_only"
+  else:
+    name = "contrastive"
   return name if config.eval.mix == 1.0 else f"{name}_mix{config.eval.mix:g}"
 
 

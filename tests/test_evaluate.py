@@ -172,6 +172,14 @@ def test_config_helpers():
   assert evaluate.system_name(config) == "mse_distill"
   config.loss.ot_weight = 1.0
   assert evaluate.system_name(config) == "optical_mse"
+  config.loss.mse_weight = 0.0
+  assert evaluate.system_name(config) == "ot_only"
+  config.loss.rank_weight = 1.0
+  assert evaluate.system_name(config) == "optical"
+  config.eval.mix = 0.5
+  assert evaluate.system_name(config) == "optical_mix0.5"
+  config.loss.ot_weight, config.eval.mix = 0.0, 1.0
+  assert evaluate.system_name(config) == "contrastive"
   ev = evaluate.eval_config(config)
   assert ev.max_len_query == config.data.max_len_student and ev.max_len_doc == config.data.max_len_teacher
   assert ev.scorers == "maxsim,pooled"
