@@ -49,7 +49,8 @@ SCHEMA: dict[str, Key] = {
     "teacher.query_prefix": Key(str, ""),
     "teacher.passage_prefix": Key(str, ""),
 
-    "data.bitext": Key(str, doc='"synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"'),
+    "data.bitext": Key(str, doc='"synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"; several, comma-separated, '
+                               'each SPEC[@WEIGHT] (share of each batch, default 1)'),
     "data.teacher_store": Key(str, "", doc='"" = WORKDIR/teacher_store'),
     "data.tfds_data_dir": Key(str, "", doc='"" = WORKDIR/tfds'),
     "data.strict": Key(bool, False, doc="stop at the first bad bitext line instead of counting and skipping it"),
@@ -57,7 +58,7 @@ SCHEMA: dict[str, Key] = {
     "data.max_len_teacher": Key(int),
     "data.length_buckets": Key(tuple, (), doc="() = off; else increasing student lengths ending at max_len_student"),
     "data.num_examples": Key(int, 2048, doc="synthetic bitext only"),
-    "data.max_train_pairs": Key(int, 0, doc="seeded sample of the bitext (0 = all)"),
+    "data.max_train_pairs": Key(int, 0, doc="seeded sample of each bitext source (0 = all)"),
     "data.sample_seed": Key(int, 0),
     "data.teacher_batch_size": Key(int, 64),
     "data.teacher_dtype": Key(str, "float16", ("float16", "bfloat16", "float32"), "teacher store dtype"),

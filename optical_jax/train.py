@@ -168,7 +168,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   if buckets is not None:
     log.info("length buckets: student %s, teacher %s (one compile each)", buckets.student, buckets.teacher)
   stream = pipeline.BatchStream(data.load_rows, data.num_examples, config.train.batch_size, config.seed, rows,
-                                buckets=buckets)
+                                buckets=buckets, sources=data.sources)
   step_fn = train_step_lib.jit_train_step(student.module, tx, config, mesh, state_shardings, data.spec)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_lead)
   show_progress = metrics_lib.progress_enabled() if progress is None else progress

@@ -57,6 +57,22 @@ def test_precompute_then_train(bitext, store_workdir):
       s in ([16, 16], [32, 32], [48, 48]) for s in summary["batch_lengths_compiled"]), summary
 
 
+def test_two_weighted_sources_share_one_store(bitext, tmp_path):
+  """data.bitext with two sources: one teacher store over both, and training draws each by its weight."""
+  second = tmp_path / "second.tsv"
+  second.write_text("".join(f"s{i}\tneno {i} la pili\tSECOND {i}\n" for i in range(40)))
+  spec = f"{bitext}@3,{second}@1"
+  workdir = tmp_path / "run"
+  proc = _cli("precompute-teacher", "--config", "configs/tiny.py:text", "--workdir", str(workdir),
+              f"--config.data.bitext={spec}")
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads((workdir / "teacher_store" / "manifest.json").read_text())["num_examples"] == 340
+  proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(workdir), f"--config.data.bitext={spec}",
+              "--config.train.steps=4", "--config.train.log_every=2")
+  assert proc.returncode == 0, proc.stderr
+  assert "bitext sources:" in proc.stderr and "300 pairs, weight 3" in proc.stderr and "40 pairs, weight 1" in proc.stderr
+
+
 def test_store_built_for_another_length_is_refused(bitext, store_workdir):
   proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(store_workdir / "other"),
               f"--config.data.bitext={bitext}", f"--config.data.teacher_store={store_workdir / 'teacher_store'}",

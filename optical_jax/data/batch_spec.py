@@ -77,3 +77,5 @@ class TrainingData:
   # [N] real student / teacher length of every example (pipeline.real_lengths): what length bucketing chooses from.
   student_lengths: np.ndarray | None = None
   teacher_lengths: np.ndarray | None = None
+  # (size, weight) of each bitext source, in example order (several sources: pipeline.batch_index_dataset).
+  sources: tuple[tuple[int, float], ...] = ()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 from typing import Callable, Iterator, Sequence
 
 import grain
@@ -26,12 +27,32 @@ import numpy as np
 STUDENT_PREFIX, TEACHER_PREFIX = "student_", "teacher_"
 
 
-def batch_index_dataset(num_examples: int, global_batch_size: int, seed: int) -> grain.MapDataset:
-  """Item `step` = the example indices of global batch `step` (reshuffled every epoch, never ends)."""
+def batch_index_dataset(num_examples: int, global_batch_size: int, seed: int,
+                        sources: Sequence[tuple[int, float]] = ()) -> grain.MapDataset:
+  """Item `step` = the example indices of global batch `step` (reshuffled every epoch, never ends).
+
+  `sources`: (size, weight) of consecutive blocks of the examples (several bitext sources). Each block is reshuffled
+  on its own epochs and grain's weighted mix interleaves them, so a block's share of every batch follows its
+  weight whatever its size (a small language is revisited more often, not drowned).
+  """
   if num_examples < global_batch_size:
     raise ValueError(f"{num_examples} examples cannot fill one global batch of {global_batch_size}")
-  return (grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(None)
+  if len(sources) <= 1:
+    return (grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat(None)
+            .batch(global_batch_size, drop_remainder=True))
+  if sum(size for size, _ in sources) != num_examples:
+    raise ValueError(f"source sizes {[size for size, _ in sources]} do not add up to {num_examples} examples")
+  blocks, offset = [], 0
+  for i, (size, _) in enumerate(sources):
+    blocks.append(grain.MapDataset.range(size).shuffle(seed=seed + 7919 * i).repeat(None)
+                  .map(functools.partial(_add, offset)))
+    offset += size
+  return (grain.MapDataset.mix(blocks, weights=[float(w) for _, w in sources])
           .batch(global_batch_size, drop_remainder=True))
+
+
+def _add(offset: int, index: int) -> int:
+  return index + offset
 
 
 def real_lengths(mask: np.ndarray) -> np.ndarray:
@@ -109,8 +130,8 @@ class BatchStream:
 
   def __init__(self, load_rows: Callable[[np.ndarray], dict[str, np.ndarray]], num_examples: int,
                global_batch_size: int, seed: int, rows: slice, prefetch: int = 2,
-               buckets: LengthBuckets | None = None):
-    self._indices = batch_index_dataset(num_examples, global_batch_size, seed)
+               buckets: LengthBuckets | None = None, sources: Sequence[tuple[int, float]] = ()):
+    self._indices = batch_index_dataset(num_examples, global_batch_size, seed, sources)
     self._load_rows = load_rows
     self._rows = rows
     self._prefetch = prefetch

@@ -14,7 +14,7 @@ from etils import epath
 
 from optical_jax.data import batch_spec as batch_spec_lib
 from optical_jax.data import encoding, hard_negatives, pipeline, teacher_store, tokens
-from optical_jax.data.bitext import load_training_bitext
+from optical_jax.data.bitext import load_training_sources
 from optical_jax.data.report import DataReport
 from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
 from optical_jax.errors import UserError
@@ -31,10 +31,15 @@ def _tokenize(tokenizer, texts: list[str], max_len: int) -> tuple[np.ndarray, np
 def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.TrainingData:
   workdir = epath.Path(workdir)
   report = DataReport()
-  bitext = load_training_bitext(config, workdir, report)
+  training = load_training_sources(config, workdir, report)
+  bitext = training.examples
   if jax.process_index() == 0:
     report.write(workdir / "data_report.json")
     log.info("bitext: %s", report.summary())
+    if len(training.sources) > 1:
+      log.info("bitext sources: %s", "; ".join(
+          f"{s.spec} ({s.language or '?'}): {n} pairs, weight {s.weight:g}"
+          for s, n in zip(training.sources, training.sizes)))
   root = store_root(config, workdir)
   if not (root / teacher_store.MANIFEST).exists():
     raise UserError(f"{root}: no teacher store; run `optical-jax precompute-teacher` with this config first")
@@ -100,4 +105,5 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
   return batch_spec_lib.TrainingData(
       load_rows, len(bitext), int(store.manifest.dim), spec,
       f"{config.data.bitext} ({len(bitext)} pairs) + teacher store {root}", tokenizer=tokenizer,
-      student_lengths=pipeline.real_lengths(student_mask), teacher_lengths=store.lengths[store_rows].astype(np.int32))
+      student_lengths=pipeline.real_lengths(student_mask), teacher_lengths=store.lengths[store_rows].astype(np.int32),
+      sources=tuple((size, source.weight) for size, source in zip(training.sizes, training.sources)))
