@@ -124,7 +124,7 @@ def run(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib.Path, ph
   teacher = load_teacher(first)
   systems = evaluate.baseline_systems(first, teacher)
   for v in variants:
-    student, _ = export.load_student(str(train_dirs[v.name]))
+    student, _ = export.load_student(str(train_dirs[v.name]), variant_configs[v.name].eval.mix)
     systems.append(System(v.name, student, variant_configs[v.name].student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(out / "eval"))
   phases.end()

@@ -83,7 +83,7 @@ def evaluate_all(configs: dict[str, ml_collections.ConfigDict], workdir: pathlib
   systems = evaluate.baseline_systems(first, teacher)
   steps = {}
   for name, config in configs.items():
-    student, steps[name] = export.load_student(str(workdir / "train" / name))
+    student, steps[name] = export.load_student(str(workdir / "train" / name), config.eval.mix)
     systems.append(System(name, student, config.student.prefix))
   summary = evaluate.run_evaluation(first, collections, systems, teacher, str(workdir / "eval"))
   summary["student_steps"] = steps

@@ -31,9 +31,11 @@ SYSTEMS = {
     "zero_shot": "the untrained student (step 0) with the low-resource query",
     "mse_distill": "student trained with pooled MSE to the teacher's English vector, on both the low-resource "
                    "and the English side (make_multilingual)",
-    "optical": "the recipe: OT token alignment (OPTICAL) plus a ranking term on stored teacher documents",
+    "optical": "the recipe: OT token alignment (OPTICAL) plus a ranking term on stored teacher documents, scored "
+               "at weight-space interpolation with the untrained student (eval.mix in the config)",
     "ot_only": "student trained with OT token alignment alone (pure OPTICAL)",
-    "contrastive": "student trained with the ranking term alone (InfoNCE on MaxSim against stored teacher documents)",
+    "contrastive": "student trained with the ranking term alone (InfoNCE on MaxSim against stored teacher "
+                   "documents), scored at the recipe's eval.mix",
     "optical_mse": "student trained with OT + MSE",
 }
 
