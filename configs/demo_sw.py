@@ -32,6 +32,9 @@ Why these numbers (docs/results.md has the ablation table behind them):
   negatives only (4 mined hard negatives per example changed nothing beyond noise and cost 11 % per step);
   negatives whose teacher MaxSim to the positive reaches 0.95 are dropped as near-duplicates (between different
   verses the median is 0.78, the nearest training neighbour 0.88). docs/results.md has the measurements.
+- eval.mix 0.5 for the recipe and the ranking-term student: their weights are interpolated half-way back to the
+  untrained student's (WiSE-FT). On the tuning sample it kept the Swahili gain and added most where training had
+  drifted (Bengali queries, KJV documents, pooled scoring); pure OPTICAL is scored as trained.
 - lr 2e-4 for every student (the same for the baseline as for OT: only the objective differs). Both losses first
   learn a shift shared by every Swahili input (towards the English distribution), which on its own does not help
   retrieval; a 300-step budget needs a large step to get past it to the pair-specific alignment (lr sweep
