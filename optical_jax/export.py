@@ -50,7 +50,7 @@ def load_student(workdir: str, mix: float = 1.0) -> tuple[models.Encoder, int]:
   step, state, _ = restored
   params = jax.device_get(state.params)
   if mix < 1.0:
-    params = interpolate(params, student_lib.initial_encoder(config).params, mix)
+    params = interpolate(params, student_lib.initial_encoder(config, student).params, mix)
   return models.Encoder(module=student.module, params=params, tokenizer=student.tokenizer,
                         config=student.module.config, extra=student.extra), step
 

@@ -418,7 +418,8 @@ def ranking_scores(student_tokens: Array, student_mask: Array, doc_tokens: Array
   """[B, Ls, D] queries x [N, Ld, D] documents -> [B, N] retrieval scores, as evaluation scores them.
 
   "maxsim": mean over the query's real tokens of the best cosine over the document's real tokens (ColBERT late
-  interaction, `retrieval.search.maxsim_scores`); "pooled": cosine of the mean-pooled vectors.
+  interaction, `retrieval.search.maxsim_scores`); "pooled": cosine of the mean-pooled vectors. Not that function
+  itself: this one normalises with `l2_normalize`, whose gradient stays finite at a zero vector.
   """
   dtype = _compute_dtype(student_tokens)
   if scorer == "pooled":

@@ -56,9 +56,12 @@ def check_output_dim(student: Student, teacher_dim: int) -> None:
         f"set student.projection_dim={teacher_dim}")
 
 
-def initial_encoder(config: ml_collections.ConfigDict) -> models.Encoder:
-  """The student as training starts (step 0, params on the host): the zero_shot baseline."""
-  student = build_student(config)
+def initial_encoder(config: ml_collections.ConfigDict, student: Student | None = None) -> models.Encoder:
+  """The student as training starts (step 0, params on the host): the zero_shot baseline.
+
+  `student`: the config's `build_student`, when the caller has built it already (it reads the weights from disk).
+  """
+  student = student or build_student(config)
   if student.pretrained_params is not None and not config.student.projection_dim:
     params = student.pretrained_params  # nothing fresh to initialise
   else:

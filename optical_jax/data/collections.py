@@ -161,13 +161,12 @@ def bible_passages(language: str, sample: Sequence[tuple[int, int, int]], *, doc
       pid = f"p:{_vid(window[0])}-{window[-1][2]}"
       documents[pid] = " ".join(en[k] for k in window)
       passage_of.update({k: pid for k in window})
-  ids = [_vid(k) for k in sample if k in passage_of]
-  keys = {_vid(k): k for k in sample}
+  keys = [k for k in sample if k in passage_of]
   return EvalCollection(
       name=f"bible_passage_{language}_en", language=language,
-      queries={i: lr[keys[i]] for i in ids}, documents=documents,
-      qrels={i: {passage_of[keys[i]]: 1} for i in ids},
-      english_queries={i: en_q[keys[i]] for i in ids}, max_len_doc=PASSAGE_MAX_LEN,
+      queries={_vid(k): lr[k] for k in keys}, documents=documents,
+      qrels={_vid(k): {passage_of[k]: 1} for k in keys},
+      english_queries={_vid(k): en_q[k] for k in keys}, max_len_doc=PASSAGE_MAX_LEN,
       description=f"{bible.VERSIONS[_code(language)].name} New Testament verse -> the passage of "
                   f"{verses_per_passage} consecutive {bible.VERSIONS[doc_version].name} verses that holds it, among "
                   f"{len(documents)} passages of the {len(chapters)} chapters sampled (1 relevant)")

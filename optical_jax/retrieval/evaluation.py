@@ -82,13 +82,12 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   if shard and jax.device_count() > 1:
     mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   started = time.perf_counter()
-  _all_documents(collections)  # one id, one text, across every collection
+  docs = _all_documents(collections)  # one id, one text, across every collection
   # Documents are encoded once per length: a collection may ask for longer ones (e.g. passages).
   doc_len = lambda c: c.max_len_doc or max_len_doc
   encoded_docs = {}  # length -> (doc ids, id -> row, Encoded)
   for length in sorted({doc_len(c) for c in collections}):
-    docs = _all_documents([c for c in collections if doc_len(c) == length])
-    ids = list(docs)
+    ids = list(dict.fromkeys(d for c in collections if doc_len(c) == length for d in c.documents))
     log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
     encoded_docs[length] = (ids, {d: i for i, d in enumerate(ids)}, encode_texts(
         doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length, batch_size=batch_size, head=False,
