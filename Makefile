@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo demo-full test test-fast install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ install: $(TEST_STAMP) $(ASSETS)
 
 demo: $(STAMP) $(ASSETS)
 	$(BIN)/optical-jax demo --workdir runs/demo
+
+# The full recipe (~75 min on 2 CPU cores): Swahili and Bengali, every pair, four students (configs/demo_full.py).
+demo-full: $(STAMP) $(ASSETS)
+	$(BIN)/optical-jax demo --setting full --workdir runs/full
 
 test: $(TEST_STAMP) $(ASSETS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q

@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # max_len_teacher), one compile each; () = always to max_len_*. Synthetic lengths are uniform up to the max, so
       # a batch of 32 nearly always needs the max: buckets only pay off on real text.
       length_buckets=(16, 32, 48) if text else (),
+      length_group=0,             # > 1: batches sorted by length within windows of this many (needs length_buckets)
+      dev_pairs=0,                # held-out pairs for the dev curve (train.eval_every)
       num_examples=2048,          # synthetic only
   ))
 
@@ -79,5 +81,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint_every=50,
       keep_checkpoints=2,
       log_every=10,
+      eval_every=0,               # steps between dev scores on data.dev_pairs (0 = off)
   ))
   return c

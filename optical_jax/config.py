@@ -180,7 +180,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key in ("max_len_student", "max_len_teacher"):
     if config.data[key] < 2:
       raise UserError(f"config: data.{key} must be >= 2, got {config.data[key]}")
-  for key in ("max_train_pairs", "sample_seed"):
+  for key in ("max_train_pairs", "sample_seed", "dev_pairs", "length_group"):
     if config.data[key] < 0:
       raise UserError(f"config: data.{key} must be >= 0, got {config.data[key]}")
   for key in ("teacher_batch_size", "examples_per_shard", "num_examples"):
@@ -198,6 +198,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if not any(config.loss[k] for k in ("ot_weight", "mse_weight", "english_weight", "english_mse_weight",
                                        "rank_weight")):
     raise UserError("config: every loss weight is 0: set loss.ot_weight, loss.rank_weight or loss.mse_weight")
+  if config.train.eval_every < 0:
+    raise UserError(f"config: train.eval_every must be >= 0, got {config.train.eval_every}")
+  if config.train.eval_every and not config.data.dev_pairs:
+    raise UserError("config: train.eval_every needs held-out pairs to score: set data.dev_pairs (e.g. 256)")
+  if config.data.length_group > 1 and not config.data.length_buckets:
+    raise UserError("config: data.length_group groups batches by length bucket: set data.length_buckets too")
   _validate_length_buckets(config)
   _validate_eval(config.eval)
   if num_devices is not None:

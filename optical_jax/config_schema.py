@@ -57,6 +57,10 @@ SCHEMA: dict[str, Key] = {
     "data.max_len_student": Key(int),
     "data.max_len_teacher": Key(int),
     "data.length_buckets": Key(tuple, (), doc="() = off; else increasing student lengths ending at max_len_student"),
+    "data.length_group": Key(int, 0, doc="> 1: pool this many consecutive batches, sort them by length bucket and "
+                                         "cut them again (batches of similar length; 0 = off)"),
+    "data.dev_pairs": Key(int, 0, doc="English texts held out of training, with every pair translating them: the "
+                                      "dev set of train.eval_every (0 = none)"),
     "data.num_examples": Key(int, 2048, doc="synthetic bitext only"),
     "data.max_train_pairs": Key(int, 0, doc="seeded sample of each bitext source (0 = all)"),
     "data.sample_seed": Key(int, 0),
@@ -102,6 +106,7 @@ SCHEMA: dict[str, Key] = {
     "train.checkpoint_every": Key(int),
     "train.keep_checkpoints": Key(int, 2),
     "train.log_every": Key(int),
+    "train.eval_every": Key(int, 0, doc="steps between dev retrieval scores (dev_mrr@10) in metrics.jsonl; 0 = off"),
     "train.max_consecutive_nonfinite": Key(int, 10, doc="skipped non-finite steps in a row before the run fails"),
     "train.stop_vote_every": Key(int, 1, doc="multi-host: steps between the all-process stop votes"),
 

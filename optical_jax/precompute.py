@@ -14,8 +14,8 @@ from etils import epath
 
 from optical_jax import metrics as metrics_lib
 from optical_jax import sharding as sharding_lib
-from optical_jax.data import encoding, teacher_store
-from optical_jax.data.bitext import load_training_bitext
+from optical_jax.data import encoding, pipeline, teacher_store
+from optical_jax.data.bitext import load_training_bitext, teacher_keys
 from optical_jax.data.report import DataReport
 from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
 
@@ -30,11 +30,18 @@ def precompute_teacher(config: ml_collections.ConfigDict, workdir: str) -> teach
   if jax.process_index() == 0:
     report.write(workdir / "data_report.json")
     log.info("bitext: %s", report.summary())
-  examples = [(ex.id, ex.target) for ex in bitext]
+  # One row per distinct English text (data/bitext.teacher_keys): sources with a common English side share it.
+  examples = [(ex.id, ex.target) for ex, key in zip(bitext, teacher_keys(bitext)) if key == ex.id]
+  buckets = tuple(int(b) for b in config.data.length_buckets)
+  if buckets:
+    # Similar lengths in each batch, so most batches run at a short bucket; the store is read by id, not position.
+    examples.sort(key=lambda example: len(example[1]))
   teacher = load_teacher(config)
   mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   encode_fn = encoding.make_encode_fn(teacher, max_len=config.data.max_len_teacher, mesh=mesh,
-                                      batch_size=config.data.teacher_batch_size)
+                                      batch_size=config.data.teacher_batch_size,
+                                      length_buckets=pipeline.teacher_buckets(buckets, config.data.max_len_student,
+                                                                              config.data.max_len_teacher))
   meta = dict(teacher_identity(config, teacher), dtype=config.data.teacher_dtype,
               prefix=config.teacher.query_prefix)
   root = store_root(config, workdir)

@@ -23,6 +23,7 @@ from etils import epath
 
 from optical_jax import checkpointing
 from optical_jax import config as config_lib
+from optical_jax import dev_eval
 from optical_jax import distributed
 from optical_jax import metrics as metrics_lib
 from optical_jax import sharding as sharding_lib
@@ -164,11 +165,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
 
   total_steps = config.train.steps
   rows = sharding_lib.process_batch_slice(config.train.batch_size, mesh)
-  buckets = pipeline.LengthBuckets.from_config(config.data, data.student_lengths, data.teacher_lengths)
+  buckets = pipeline.LengthBuckets.from_config(config.data, data.student_lengths, data.teacher_lengths,
+                                               data.english_lengths)
   if buckets is not None:
     log.info("length buckets: student %s, teacher %s (one compile each)", buckets.student, buckets.teacher)
   stream = pipeline.BatchStream(data.load_rows, data.num_examples, config.train.batch_size, config.seed, rows,
-                                buckets=buckets, sources=data.sources)
+                                buckets=buckets, sources=data.sources, length_group=config.data.length_group)
+  dev_fn = None
+  if config.train.eval_every and data.dev is not None:
+    dev_fn = dev_eval.make_dev_eval(student.module, data.dev, mesh)
   step_fn = train_step_lib.jit_train_step(student.module, tx, config, mesh, state_shardings, data.spec)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_lead)
   show_progress = metrics_lib.progress_enabled() if progress is None else progress
@@ -187,6 +192,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
     with _StopRequested() as stop, sharding_lib.mesh_context(mesh):
       # Multi-process: a SIGTERM on any process stops all at one agreed step (a tiny all-reduce, see StopVote).
       vote = distributed.StopVote(mesh, every=config.train.stop_vote_every)
+      if dev_fn is not None and start == 0:
+        _dev_eval(dev_fn, state.params, 0, writer, summary, clock)  # the untrained student: the curve's origin
       if start >= total_steps:
         log.info("already trained to step %d (train.steps=%d)", start, total_steps)
       for step, local_batch in stream.iterate(start) if start < total_steps else ():
@@ -212,6 +219,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
           _log(writer, bar, pending, config, summary, clock)
         pending = (done, device_metrics)
         stop_now = vote(stop.requested, step)  # The same on every process.
+        if dev_fn is not None and (done % config.train.eval_every == 0 or done == total_steps):
+          _dev_eval(dev_fn, state.params, done, writer, summary, clock)
         if done % config.train.checkpoint_every == 0 or done == total_steps or stop_now:
           checkpointer.save(done, state, {"step": done, "data_position": done, "seed": config.seed}, force=stop_now)
           saved = done
@@ -239,6 +248,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   summary.update({"final_step": step, "recompilations_after_first_step": compiles_after_first,
                   "batch_lengths_compiled": [list(s) for s in clock.shapes]})
   return summary
+
+
+def _dev_eval(dev_fn, params, step: int, writer, summary: dict[str, Any], clock: StepClock) -> None:
+  jax.block_until_ready(params)  # the steps dispatched so far are train-step time; the dev pass after them is not
+  started = time.perf_counter()
+  scores = dev_fn(params)
+  writer.write(step, scores)
+  log.info("step %d dev: %s (%.1f s)", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
+           time.perf_counter() - started)
+  summary.update(scores)
+  clock.time += time.perf_counter() - started  # the dev pass is not train-step time
 
 
 def _log(writer, bar, pending, config, summary, clock: StepClock, force: bool = False) -> None:

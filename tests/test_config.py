@@ -31,6 +31,9 @@ def test_overrides_are_typed():
     ("loss.rank_hard_negatives=-1", "loss.rank_hard_negatives"),
     ("loss.rank_scorer=bm25", "loss.rank_scorer"),
     ("eval.mix=1.5", "eval.mix"),
+    ("train.eval_every=10", "train.eval_every needs held-out pairs to score: set data.dev_pairs"),
+    ("data.length_group=8", "data.length_group groups batches by length bucket: set data.length_buckets"),
+    ("data.dev_pairs=-1", "data.dev_pairs"),
 ])
 def test_bad_override_names_the_field(override, field):
   with pytest.raises(UserError, match=field.replace(".", r"\.")):

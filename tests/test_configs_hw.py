@@ -288,7 +288,8 @@ def test_bench_runs_a_hardware_config_shrunk_to_this_machine(tmp_path):
   shrink = ["--config.mesh.data=-1", "--config.student.num_layers=1", "--config.student.hidden_size=32",
             "--config.student.num_heads=2", "--config.student.intermediate_size=64", "--config.student.vocab_size=128",
             "--config.teacher.dim=32", "--config.train.batch_size=16", "--config.data.max_len_student=8",
-            "--config.data.max_len_teacher=8", "--config.ot.iterations=5", "--config.bench.warmup_steps=1",
+            "--config.data.max_len_teacher=8", "--config.data.length_buckets=(4, 8)", "--config.ot.iterations=5",
+            "--config.bench.warmup_steps=1",
             "--config.bench.ot_repeats=1"]
   out = tmp_path / "bench.json"
   assert cli.main(["bench", "--config", str(REPO / "configs/tpu_v4_32.py:synthetic"), "--steps", "2",

@@ -167,6 +167,18 @@ def test_sharded_encoding_matches_single_device(encoders):
   np.testing.assert_allclose(one.tokens.astype(np.float32), many.tokens.astype(np.float32), atol=2e-3)
 
 
+def test_length_bucketed_encoding_equals_full_padding(encoders):
+  """make_encode_fn(length_buckets=...): each batch runs cut to its bucket, and the real tokens do not change."""
+  teacher, _ = encoders
+  texts = ["ab", "abc", "abcdefghijklmnopqrstuvwxyz", "q", "hello world"]
+  full = encoding.make_encode_fn(teacher, max_len=32, batch_size=2)(texts)
+  bucketed = encoding.make_encode_fn(teacher, max_len=32, batch_size=2, length_buckets=(8, 16))(texts)
+  np.testing.assert_array_equal(full[1], bucketed[1])
+  real = full[1][..., None] > 0
+  np.testing.assert_allclose(np.where(real, bucketed[0], 0), np.where(real, full[0], 0), atol=1e-5)
+  assert bucketed[0].shape == full[0].shape
+
+
 def test_config_helpers():
   config = config_lib.load_config("configs/tiny.py", ["loss.ot_weight=0.0", "loss.mse_weight=1.0"])
   assert evaluate.system_name(config) == "mse_distill"

@@ -58,19 +58,27 @@ def test_precompute_then_train(bitext, store_workdir):
 
 
 def test_two_weighted_sources_share_one_store(bitext, tmp_path):
-  """data.bitext with two sources: one teacher store over both, and training draws each by its weight."""
+  """data.bitext with two sources: one teacher store over both, each English text stored once (sources that
+  translate the same English share its rows), and training draws each source by its weight; the dev pairs held
+  out of training are scored every train.eval_every steps, on batches grouped by length."""
+  targets = [line.split("\t")[2].rstrip("\n") for line in bitext.read_text().splitlines()[1:21]]
   second = tmp_path / "second.tsv"
-  second.write_text("".join(f"s{i}\tneno {i} la pili\tSECOND {i}\n" for i in range(40)))
+  second.write_text("".join(f"s{i}\tneno {i} la pili\t{targets[i] if i < 20 else f'SECOND {i}'}\n"
+                            for i in range(40)))
   spec = f"{bitext}@3,{second}@1"
   workdir = tmp_path / "run"
   proc = _cli("precompute-teacher", "--config", "configs/tiny.py:text", "--workdir", str(workdir),
               f"--config.data.bitext={spec}")
   assert proc.returncode == 0, proc.stderr
-  assert json.loads((workdir / "teacher_store" / "manifest.json").read_text())["num_examples"] == 340
+  assert json.loads((workdir / "teacher_store" / "manifest.json").read_text())["num_examples"] == 320
   proc = _cli("train", "--config", "configs/tiny.py:text", "--workdir", str(workdir), f"--config.data.bitext={spec}",
-              "--config.train.steps=4", "--config.train.log_every=2")
+              "--config.train.steps=4", "--config.train.log_every=2", "--config.data.dev_pairs=24",
+              "--config.train.eval_every=2", "--config.data.length_group=4")
   assert proc.returncode == 0, proc.stderr
   assert "bitext sources:" in proc.stderr and "300 pairs, weight 3" in proc.stderr and "40 pairs, weight 1" in proc.stderr
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  dev = [(r["step"], r["dev_mrr@10"]) for r in rows if "dev_mrr@10" in r]
+  assert [step for step, _ in dev] == [0, 2, 4] and all(0 < mrr <= 1 for _, mrr in dev)
 
 
 def test_store_built_for_another_length_is_refused(bitext, store_workdir):

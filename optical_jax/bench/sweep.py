@@ -35,6 +35,8 @@ def _point(config: ml_collections.ConfigDict, batch: int, student_len: int, iter
            ) -> ml_collections.ConfigDict:
   out = copy.deepcopy(config)
   out.train.batch_size, out.data.max_len_student = batch, student_len
+  # A point is one fixed shape: the config's length buckets (ending at its own max length) do not apply.
+  out.data.length_buckets, out.data.length_group = (), 0
   if iterations is not None:
     out.ot.iterations = iterations
   return out

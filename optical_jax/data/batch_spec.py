@@ -77,5 +77,9 @@ class TrainingData:
   # [N] real student / teacher length of every example (pipeline.real_lengths): what length bucketing chooses from.
   student_lengths: np.ndarray | None = None
   teacher_lengths: np.ndarray | None = None
+  english_lengths: np.ndarray | None = None  # [N] of the English-side input, when the loss has an English term
   # (size, weight) of each bitext source, in example order (several sources: pipeline.batch_index_dataset).
   sources: tuple[tuple[int, float], ...] = ()
+  # [N] teacher-store row of every example: examples that share an English text share a row (and a dev hold-out).
+  teacher_rows: np.ndarray | None = None
+  dev: Any = None  # dev_eval.DevSet of the held-out pairs (data.dev_pairs), or None

@@ -88,6 +88,16 @@ def load_training_sources(config: ml_collections.ConfigDict, workdir, report: Da
   return TrainingBitext(examples, sources, sizes)
 
 
+def teacher_keys(examples: Sequence) -> list[str]:
+  """Each example's row in the teacher store: the id of the first example with the same English text.
+
+  Sources that share an English side (Bible versions in several languages, all against the same English verses)
+  then share its stored teacher tokens, so the teacher encodes each English text once.
+  """
+  first: dict[str, str] = {}
+  return [first.setdefault(ex.target, ex.id) for ex in examples]
+
+
 def load_training_bitext(config: ml_collections.ConfigDict, workdir, report: DataReport | None = None):
   """The training examples of every source, concatenated (see load_training_sources)."""
   return load_training_sources(config, workdir, report).examples

@@ -59,12 +59,13 @@ def load_encoder(path: str, *, random_dims: dict | None = None, seed: int = 0, d
 
 
 def make_encode_fn(encoder, *, max_len: int, batch_size: int, mesh: jax.sharding.Mesh | None = None,
-                   prefix: str = "", head: bool = False
+                   prefix: str = "", head: bool = False, length_buckets: Sequence[int] = ()
                    ) -> Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]:
   """texts -> (token embeddings [n, max_len, D] float32, mask [n, max_len] int32).
 
   Every call runs at the same [batch_size, max_len] shape (short batches are padded with empty rows), so the model
-  compiles once; with a mesh the batch is split over its data x fsdp axes and the parameters are replicated.
+  compiles once (or once per length bucket: with `length_buckets`, a batch runs cut to the smallest bucket that holds
+  its longest text, and its output is padded back to max_len); with a mesh the batch is split over its data x fsdp axes and the parameters are replicated.
   """
   if mesh is not None:
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -87,9 +88,13 @@ def make_encode_fn(encoder, *, max_len: int, batch_size: int, mesh: jax.sharding
       if pad:
         ids = np.concatenate([ids, np.zeros((pad, max_len), ids.dtype)])
         mask = np.concatenate([mask, np.zeros((pad, max_len), mask.dtype)])
+      length = _bucket(length_buckets, max_len, mask)
       with sharding_lib.mesh_context(mesh) if mesh is not None else contextlib.nullcontext():
-        hidden = apply({"params": params}, ids, mask)
-      out_tokens.append(np.asarray(hidden, np.float32)[:len(chunk)])
+        hidden = apply({"params": params}, ids[:, :length], mask[:, :length])
+      hidden = np.asarray(hidden, np.float32)[:len(chunk)]
+      if length < max_len:
+        hidden = np.pad(hidden, ((0, 0), (0, max_len - length), (0, 0)))
+      out_tokens.append(hidden)
       out_mask.append(mask[:len(chunk)])
     if not out_tokens:
       dim = encoder.config.projection_dim if head and encoder.config.projection_dim else encoder.config.hidden_size
@@ -97,3 +102,9 @@ def make_encode_fn(encoder, *, max_len: int, batch_size: int, mesh: jax.sharding
     return np.concatenate(out_tokens), np.concatenate(out_mask)
 
   return encode
+
+
+def _bucket(buckets: Sequence[int], max_len: int, mask: np.ndarray) -> int:
+  """The smallest of buckets (and max_len) >= the last real position of any row of mask."""
+  longest = int(np.max(np.flatnonzero(mask.any(0)), initial=-1)) + 1
+  return min([b for b in buckets if b >= longest] + [max_len])

@@ -11,6 +11,12 @@ so the train step compiles once per bucket and never again. The bucket depends o
 indices (through a per-example length table every process holds), so every process cuts its rows to the same length
 and the batch stays a pure function of (seed, step). Examples are never reordered: only padding is removed, which
 leaves the loss unchanged (the encoder's attention and the OT loss ignore pads exactly).
+
+Length grouping (`data.length_group` = G > 1): a batch of randomly drawn examples almost always holds one long one,
+so buckets alone rarely pay. Instead, every window of G consecutive global batches is pooled, sorted by length
+bucket and cut again into G batches, whose order within the window is then shuffled (seeded by the window). Each
+window still holds exactly the examples it held before, so epochs and source weights are kept over G batches, and
+batch `step` is still a pure function of (seed, step).
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ import grain
 import numpy as np
 
 # Batch keys are cut along axis 1 by their side: "student_*" (ids, masks, OT masks, marginal weights) to the student
-# bucket, "teacher_*" to the teacher bucket. Any other key is passed through unchanged.
-STUDENT_PREFIX, TEACHER_PREFIX = "student_", "teacher_"
+# bucket, "teacher_*" and "english_*" (the student run on the English side, tokenised to the teacher's length) to
+# the teacher bucket. Any other key is passed through unchanged.
+STUDENT_PREFIX, TEACHER_PREFIXES = "student_", ("teacher_", "english_")
 
 
 def batch_index_dataset(num_examples: int, global_batch_size: int, seed: int,
@@ -82,10 +89,11 @@ class LengthBuckets:
   teacher: tuple[int, ...]        # teacher_buckets(student, ...); the last = data.max_len_teacher
   student_lengths: np.ndarray     # [N] real student length of every example (real_lengths of its student mask)
   teacher_lengths: np.ndarray     # [N] likewise for the teacher side
+  english_lengths: np.ndarray | None = None  # [N] the English-side term's input, cut to the teacher bucket
 
   @classmethod
-  def from_config(cls, data_config, student_lengths: np.ndarray | None, teacher_lengths: np.ndarray | None
-                  ) -> LengthBuckets | None:
+  def from_config(cls, data_config, student_lengths: np.ndarray | None, teacher_lengths: np.ndarray | None,
+                  english_lengths: np.ndarray | None = None) -> LengthBuckets | None:
     """From `config.data` (length_buckets, max_len_*); None when bucketing is off (the key is missing or empty)."""
     buckets = tuple(int(b) for b in data_config.length_buckets)
     if not buckets:
@@ -93,12 +101,23 @@ class LengthBuckets:
     if student_lengths is None or teacher_lengths is None:
       raise ValueError("data.length_buckets needs per-example lengths from the data source")
     return cls(buckets, teacher_buckets(buckets, data_config.max_len_student, data_config.max_len_teacher),
-               np.asarray(student_lengths), np.asarray(teacher_lengths))
+               np.asarray(student_lengths), np.asarray(teacher_lengths),
+               None if english_lengths is None else np.asarray(english_lengths))
+
+  def _teacher_side(self, indices: np.ndarray) -> np.ndarray:
+    """[n] the longest teacher-bucketed length of each example (teacher tokens, and the English input if any)."""
+    lengths = self.teacher_lengths[indices]
+    return lengths if self.english_lengths is None else np.maximum(lengths, self.english_lengths[indices])
+
+  def keys(self, indices: np.ndarray) -> np.ndarray:
+    """[n] int: the smallest bucket index that holds each example's real tokens, on both sides."""
+    return np.maximum(np.searchsorted(self.student, self.student_lengths[indices]),
+                      np.searchsorted(self.teacher, self._teacher_side(indices)))
 
   def pick(self, global_indices: np.ndarray) -> tuple[int, int]:
     """(student length, teacher length) of the smallest bucket holding every real token of the global batch."""
     longest_student = int(self.student_lengths[global_indices].max(initial=0))
-    longest_teacher = int(self.teacher_lengths[global_indices].max(initial=0))
+    longest_teacher = int(self._teacher_side(global_indices).max(initial=0))
     # First bucket >= the longest real length, on each side; the batch takes the larger of the two.
     k = max(int(np.searchsorted(self.student, longest_student)), int(np.searchsorted(self.teacher, longest_teacher)))
     if k >= len(self.student):
@@ -108,10 +127,11 @@ class LengthBuckets:
 
 
 def trim_batch(batch: dict[str, np.ndarray], student_len: int, teacher_len: int) -> dict[str, np.ndarray]:
-  """Cuts every student_* / teacher_* array to its side's length along axis 1 (contiguous copies)."""
+  """Cuts every student_* / teacher_* / english_* array to its side's length along axis 1 (contiguous copies)."""
   out = {}
   for key, value in batch.items():
-    length = student_len if key.startswith(STUDENT_PREFIX) else teacher_len if key.startswith(TEACHER_PREFIX) else None
+    length = (student_len if key.startswith(STUDENT_PREFIX) else
+              teacher_len if key.startswith(TEACHER_PREFIXES) else None)
     if length is not None:
       # A real token past the cut would silently change the loss: the length table disagrees with the rows.
       if key.endswith("mask") and np.any(value[:, length:]):
@@ -130,15 +150,35 @@ class BatchStream:
 
   def __init__(self, load_rows: Callable[[np.ndarray], dict[str, np.ndarray]], num_examples: int,
                global_batch_size: int, seed: int, rows: slice, prefetch: int = 2,
-               buckets: LengthBuckets | None = None, sources: Sequence[tuple[int, float]] = ()):
+               buckets: LengthBuckets | None = None, sources: Sequence[tuple[int, float]] = (),
+               length_group: int = 0):
+    if length_group > 1 and buckets is None:
+      raise ValueError("length grouping needs length buckets")
     self._indices = batch_index_dataset(num_examples, global_batch_size, seed, sources)
+    self._group = length_group if length_group > 1 else 0
+    self._seed = seed
+    self._window: tuple[int, np.ndarray] | None = None
     self._load_rows = load_rows
     self._rows = rows
     self._prefetch = prefetch
     self._buckets = buckets
 
   def global_indices(self, step: int) -> np.ndarray:
-    return np.asarray(self._indices[step])
+    if not self._group:
+      return np.asarray(self._indices[step])
+    window, position = divmod(step, self._group)
+    cached = self._window  # read once: prefetch threads may replace it
+    if cached is None or cached[0] != window:
+      cached = (window, self._grouped_window(window))
+      self._window = cached
+    return cached[1][position]
+
+  def _grouped_window(self, window: int) -> np.ndarray:
+    """[G, batch] example indices of window `window`: its G batches pooled, sorted by bucket, cut, shuffled."""
+    pooled = np.concatenate([np.asarray(self._indices[window * self._group + i]) for i in range(self._group)])
+    order = np.argsort(self._buckets.keys(pooled), kind="stable")
+    batches = pooled[order].reshape(self._group, -1)
+    return batches[np.random.default_rng([self._seed, window]).permutation(self._group)]
 
   def indices(self, step: int) -> np.ndarray:
     return self.global_indices(step)[self._rows]

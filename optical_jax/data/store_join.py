@@ -14,7 +14,7 @@ from etils import epath
 
 from optical_jax.data import batch_spec as batch_spec_lib
 from optical_jax.data import encoding, hard_negatives, pipeline, teacher_store, tokens
-from optical_jax.data.bitext import load_training_sources
+from optical_jax.data.bitext import load_training_sources, teacher_keys
 from optical_jax.data.report import DataReport
 from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
 from optical_jax.errors import UserError
@@ -47,11 +47,12 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
   store = teacher_store.TeacherStore.open(root, expect=teacher_identity(config, teacher),
                                           verify=config.data.verify_store)
   known = set(store.ids)
-  missing = [ex.id for ex in bitext if ex.id not in known]
+  keys = teacher_keys(bitext)
+  missing = [key for key in keys if key not in known]
   if missing:
     raise UserError(f"{root}: the teacher store lacks {len(missing)} training ids (first: {missing[0]!r}); "
                     "it was built for other bitext: rerun precompute-teacher into a new store")
-  store_rows = np.asarray([store.index_of(ex.id) for ex in bitext], np.int64)
+  store_rows = np.asarray([store.index_of(key) for key in keys], np.int64)
   spec = batch_spec_lib.batch_spec(config, teacher_dtype=store.manifest.dtype)
 
   tokenizer = encoding.student_tokenizer(config)
@@ -62,7 +63,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
   tables = {"student_ids": student_ids, "student_mask": student_mask}
   if "english_ids" in spec:
     # The English-side term runs the student on the English side too: tokenised like the teacher's input (same
-    # prefix, the teacher's max length), but with the student's tokenizer. Never trimmed to a length bucket.
+    # prefix, the teacher's max length), but with the student's tokenizer; cut to the teacher's length bucket.
     tables["english_ids"], tables["english_mask"] = _tokenize(
         tokenizer, [query_prefix + ex.target for ex in bitext], config.data.max_len_teacher)
   student_skip = 1 + tokens.prefix_length(tokenizer, prefix)
@@ -106,4 +107,6 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
       load_rows, len(bitext), int(store.manifest.dim), spec,
       f"{config.data.bitext} ({len(bitext)} pairs) + teacher store {root}", tokenizer=tokenizer,
       student_lengths=pipeline.real_lengths(student_mask), teacher_lengths=store.lengths[store_rows].astype(np.int32),
-      sources=tuple((size, source.weight) for size, source in zip(training.sizes, training.sources)))
+      sources=tuple((size, source.weight) for size, source in zip(training.sizes, training.sources)),
+      teacher_rows=store_rows,
+      english_lengths=pipeline.real_lengths(tables["english_mask"]) if "english_mask" in tables else None)

@@ -8,13 +8,18 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from optical_jax import dev_eval
 from optical_jax.data import hard_negatives, pipeline, store_join, synthetic, tokens
 from optical_jax.data.batch_spec import TrainingData, batch_spec
 
 
 def build(config: ml_collections.ConfigDict, workdir: epath.Path) -> TrainingData:
-  if config.data.bitext != "synthetic":
-    return store_join.build(config, workdir)
+  """The training rows, without the dev pairs (`data.dev_pairs`), which come back in `.dev`."""
+  data = store_join.build(config, workdir) if config.data.bitext != "synthetic" else _synthetic(config)
+  return dev_eval.hold_out(data, config.data.dev_pairs, config.data.sample_seed)
+
+
+def _synthetic(config: ml_collections.ConfigDict) -> TrainingData:
   corpus = synthetic.make_synthetic_bitext(
       num_examples=config.data.num_examples, vocab_size=config.student.vocab_size,
       max_len_student=config.data.max_len_student, max_len_teacher=config.data.max_len_teacher,

@@ -174,3 +174,38 @@ def test_synthetic_rows_match_the_batch_spec(overrides):
     assert (rows["student_ot_mask"].sum(1) == rows["student_mask"].sum(1) - 2).all()
     assert (rows["teacher_ot_mask"] == rows["teacher_mask"]).all()
     assert ((rows["student_weights"] > 0) == (rows["student_mask"] > 0)).all()
+
+
+def test_length_grouping_sorts_windows_and_keeps_their_examples():
+  """data.length_group: each window of G batches holds the examples it held ungrouped, cut by length bucket, in a
+  seeded order; more batches run at the smallest bucket; still a pure function of (seed, step)."""
+  arrays, load_rows = _corpus()
+  buckets = _buckets(arrays)
+  plain, grouped = _stream(load_rows, buckets=buckets), pipeline.BatchStream(
+      load_rows, N, BATCH, 3, slice(0, BATCH), buckets=buckets, length_group=4)
+  for window in range(5):
+    steps = range(4 * window, 4 * window + 4)
+    assert sorted(np.concatenate([grouped.global_indices(s) for s in steps]).tolist()) == sorted(
+        np.concatenate([plain.global_indices(s) for s in steps]).tolist())
+    keys = [buckets.keys(grouped.global_indices(s)) for s in steps]
+    assert sum(len(set(k.tolist())) > 1 for k in keys) <= len(BUCKETS) - 1  # only where the sorted window crosses
+  small = lambda stream: sum(stream.bucket(s)[0] == BUCKETS[0] for s in range(40))
+  assert small(grouped) > small(plain)
+  again = pipeline.BatchStream(load_rows, N, BATCH, 3, slice(0, BATCH), buckets=buckets, length_group=4)
+  np.testing.assert_array_equal(again.global_indices(13), grouped.global_indices(13))
+  with pytest.raises(ValueError, match="needs length buckets"):
+    pipeline.BatchStream(load_rows, N, BATCH, 3, slice(0, BATCH), length_group=4)
+
+
+def test_english_side_is_cut_to_the_teacher_bucket_and_chooses_it_too():
+  arrays, load_rows = _corpus()
+  english_len = np.minimum(pipeline.real_lengths(arrays["teacher_mask"]) + 2, LT)  # longer than the teacher's
+  arrays["english_mask"] = (np.arange(LT)[None] < english_len[:, None]).astype(np.int32)
+  buckets = pipeline.LengthBuckets(BUCKETS, pipeline.teacher_buckets(BUCKETS, LS, LT),
+                                   pipeline.real_lengths(arrays["student_mask"]),
+                                   pipeline.real_lengths(arrays["teacher_mask"]), english_len)
+  stream = pipeline.BatchStream(load_rows, N, BATCH, 3, slice(0, BATCH), buckets=buckets, length_group=4)
+  for step in range(24):
+    batch = stream.batch(step)
+    assert batch["english_mask"].shape[1] == batch["teacher_mask"].shape[1]
+    assert batch["english_mask"].sum() == arrays["english_mask"][stream.global_indices(step)].sum()  # none cut
