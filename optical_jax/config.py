@@ -249,8 +249,10 @@ def _validate_eval(ev: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "k"):
     if ev[key] < 1:
       raise UserError(f"config: eval.{key} must be >= 1, got {ev[key]}")
-  if ev.files and len(split_list(ev.files)) != 3:
-    raise UserError(f"config: eval.files must be 'QUERIES,DOCUMENTS,QRELS', got {ev.files!r}")
+  for triple in (t.strip() for t in ev.files.split(";")):
+    if triple and len(split_list(triple.partition("=")[2] if "=" in triple.split(",")[0] else triple)) != 3:
+      raise UserError(f"config: eval.files entries must be '[NAME=]QUERIES,DOCUMENTS,QRELS' (several separated by "
+                      f"';'), got {triple!r}")
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:

@@ -111,8 +111,10 @@ SCHEMA: dict[str, Key] = {
     "train.stop_vote_every": Key(int, 1, doc="multi-host: steps between the all-process stop votes"),
 
     "eval.system": Key(str, "", doc='name of the trained student ("" = from the loss weights)'),
-    "eval.collections": Key(str, "", doc="comma-separated built-in collection names"),
-    "eval.files": Key(str, "", doc='your own collection: "QUERIES.tsv,DOCUMENTS.jsonl,QRELS.txt"'),
+    "eval.collections": Key(str, "", doc="comma-separated: built-in collection names, and BEIR folders (DIR or "
+                                         "DIR@SPLIT: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)"),
+    "eval.files": Key(str, "", doc='your own collections: "[NAME=]QUERIES,DOCUMENTS,QRELS", several separated by ";" '
+                                   "(qrels TREC or BEIR)"),
     "eval.num_verses": Key(int, 1000),
     "eval.num_topical": Key(int, 300),
     "eval.num_quran": Key(int, 0, doc="0 = all held-out Quran verses"),

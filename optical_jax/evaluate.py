@@ -32,14 +32,41 @@ def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def load_collections(ev: ml_collections.ConfigDict) -> list[collections_lib.EvalCollection]:
-  names = split_list(ev.collections)
-  out = collections_lib.build(names, num_verses=ev.num_verses, num_topical=ev.num_topical, num_quran=ev.num_quran,
-                              seed=ev.seed) if names else []
-  if ev.files:
-    out.append(collections_lib.file_collection(*split_list(ev.files)))
+  """eval.collections (built-in names, or BEIR folders as `DIR` / `DIR@SPLIT`) and eval.files (your own files)."""
+  names, out = [], []
+  for entry in split_list(ev.collections):
+    folder, _, split = entry.partition("@")
+    if os.path.isdir(folder):
+      out.append(collections_lib.beir_collection(folder, split or "test"))
+    elif "/" in folder or os.sep in folder:
+      raise UserError(f"eval.collections: {folder}: no such folder (a BEIR folder holds corpus.jsonl, "
+                      "queries.jsonl and qrels/SPLIT.tsv)")
+    else:
+      names.append(entry)
+  if names:
+    out[:0] = collections_lib.build(names, num_verses=ev.num_verses, num_topical=ev.num_topical,
+                                    num_quran=ev.num_quran, seed=ev.seed)
+  for triple in (t.strip() for t in ev.files.split(";")):
+    if triple:
+      out.append(_file_triple(triple))
   if not out:
     raise UserError("config: nothing to evaluate: set eval.collections and/or eval.files")
+  names = [c.name for c in out]
+  if len(set(names)) != len(names):
+    raise UserError(f"eval: two collections are named {next(n for n in names if names.count(n) > 1)!r}; name your "
+                    "own files NAME=QUERIES,DOCUMENTS,QRELS")
   return out
+
+
+def _file_triple(text: str) -> collections_lib.EvalCollection:
+  """`[NAME=]QUERIES,DOCUMENTS,QRELS` -> a collection (named after the documents file without NAME=)."""
+  name, sep, paths = text.partition("=")
+  if not sep or "," in name:
+    name, paths = None, text
+  parts = split_list(paths)
+  if len(parts) != 3:
+    raise UserError(f"eval.files: {text!r}: expected [NAME=]QUERIES,DOCUMENTS,QRELS (several separated by ';')")
+  return collections_lib.file_collection(*parts, name=name.strip() if name else None)
 
 
 def system_name(config: ml_collections.ConfigDict) -> str:

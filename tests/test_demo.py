@@ -137,7 +137,11 @@ def test_paired_differences_are_recomputed_from_the_written_runs(tmp_path):
   assert vs_zero_shot["diff"] == pytest.approx(0.25)
   # +0.25 is 1.7 SE over 4 queries: above zero-shot, but not by the 2 SE the check asks for.
   assert not target["checks"][0]["met"] and target["checks"][1]["met"] and not target["met"]
-  assert "± 0.125 SE, 1 queries better, 0 worse" in "\n".join(report._target_lines(target))
+  # t = 1 on 3 degrees of freedom: p = 0.39; every sign flip of [0, 0, 0, 0.5] has |mean| 0.125: randomisation 1.
+  assert vs_mse["p_value"] == pytest.approx(0.3910, abs=1e-4) and vs_mse["p_randomization"] == 1.0
+  assert vs_mse["p_holm"] == pytest.approx(vs_mse["p_value"])  # the larger of two p-values keeps its own under Holm
+  assert "± 0.125 SE, p 0.39 (Holm 0.39, randomisation 1), 1 queries better, 0 worse" in "\n".join(
+      report._target_lines(target))
   results = {"systems": systems, "not_run": {}, "variants": {"optical": {"what": "w", "overrides": []}},
              "paired": {"collection": "bible_sw_en", "metric": "mrr@10", "baseline": "mse_distill_maxsim",
                         "systems": {"optical_maxsim": vs_mse}}}

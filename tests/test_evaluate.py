@@ -222,3 +222,39 @@ def test_a_collection_with_its_own_document_length(tmp_path, encoders):
     name = f"student_{scorer}"
     assert trec.read_run(tmp_path / "both" / name / "toy_long.run") == trec.read_run(
         tmp_path / "alone" / name / "toy_long.run")
+
+
+def _beir_folder(root):
+  (root / "qrels").mkdir(parents=True)
+  (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "title": f"T{i}", "text": f"doc {i}"}) + "\n"
+                                             for i in range(4)))
+  (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n"
+                                              for i in range(3)))
+  (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td2\t2\n")
+  (root / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td3\t1\n")
+  return root
+
+
+def test_collections_from_beir_folders_and_named_files(tmp_path):
+  """eval.collections takes BEIR folders (DIR, DIR@SPLIT); eval.files takes several [NAME=] triples."""
+  folder = _beir_folder(tmp_path / "mini")
+  (tmp_path / "q.tsv").write_text("a\tswali\n")
+  (tmp_path / "d.jsonl").write_text(json.dumps({"id": "x", "text": "answer"}) + "\n")
+  (tmp_path / "r.txt").write_text("a 0 x 1\n")
+  triple = f"{tmp_path}/q.tsv,{tmp_path}/d.jsonl,{tmp_path}/r.txt"
+  config = config_lib.load_config("configs/tiny.py", [f"eval.collections={folder},{folder}@dev",
+                                                      f"eval.files=mine={triple};{triple}"])
+  got = {c.name: c for c in evaluate.load_collections(config.eval)}
+  assert list(got) == ["mini", "mini_dev", "mine", "d"]
+  assert got["mini"].queries == {"q0": "query 0", "q1": "query 1"}  # only the split's judged queries
+  assert got["mini"].qrels == {"q0": {"d0": 1}, "q1": {"d2": 2}} and got["mini"].documents["d2"] == "T2 doc 2"
+  assert got["mini_dev"].qrels == {"q2": {"d3": 1}}
+  assert got["mine"].qrels == {"a": {"x": 1}}
+  for bad, message in (({"eval.collections": f"{tmp_path}/nope"}, "no such folder"),
+                       ({"eval.collections": f"{folder}@train"}, "missing"),
+                       ({"eval.files": f"{triple};{triple}"}, "two collections are named 'd'")):
+    config = config_lib.load_config("configs/tiny.py", [f"{k}={v}" for k, v in bad.items()])
+    with pytest.raises(UserError, match=message):
+      evaluate.load_collections(config.eval)
+  with pytest.raises(UserError, match=r"\[NAME=\]QUERIES,DOCUMENTS,QRELS"):
+    config_lib.load_config("configs/tiny.py", [f"eval.files=mine={tmp_path}/q.tsv"])

@@ -30,6 +30,7 @@ bound; the Quran package has one English translation only, so there is none.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -198,6 +199,24 @@ def file_collection(queries: str, documents: str, qrels: str, name: str | None =
   judged = {q: {d: g for d, g in j.items() if d in docs} for q, j in judged.items()}
   return EvalCollection(name=c.name, language="", queries=c.queries, documents=c.documents,
                         qrels={q: j for q, j in judged.items() if j}, description=f"files {queries}, {documents}")
+
+
+def beir_collection(folder: str, split: str = "test") -> EvalCollection:
+  """A BEIR-layout folder: corpus.jsonl, queries.jsonl and qrels/SPLIT.tsv; the queries judged in that split.
+
+  Named after the folder (`NAME`, or `NAME_SPLIT` for a split other than test).
+  """
+  folder = os.fspath(folder).rstrip("/")
+  paths = {"corpus": os.path.join(folder, "corpus.jsonl"), "queries": os.path.join(folder, "queries.jsonl"),
+           "qrels": os.path.join(folder, "qrels", f"{split}.tsv")}
+  missing = [p for p in paths.values() if not os.path.isfile(p)]
+  if missing:
+    raise UserError(f"{folder}: not a BEIR folder for split {split!r}: missing {', '.join(missing)}")
+  name = os.path.basename(folder) + ("" if split == "test" else f"_{split}")
+  c = file_collection(paths["queries"], paths["corpus"], paths["qrels"], name=name)
+  # queries.jsonl holds every split's queries: keep those this split judges.
+  return dataclasses.replace(c, queries={q: t for q, t in c.queries.items() if q in c.qrels},
+                             description=f"BEIR folder {folder}, {split} qrels")
 
 
 def _in_version(c: EvalCollection, version: str) -> EvalCollection:

@@ -12,6 +12,7 @@ import ml_collections
 from optical_jax import metrics as training_metrics
 from optical_jax import plots
 from optical_jax.retrieval import metrics as retrieval_metrics
+from optical_jax.retrieval import significance
 from optical_jax.retrieval import trec
 
 TABLE_METRICS = ("mrr@10", "ndcg@10", "map", "recall@100", "p@10")
@@ -117,6 +118,8 @@ def target_check(systems: Mapping[str, Mapping[str, Mapping[str, float]]],
   if checks[0] is None:
     return None
   checks = [c for c in checks if c is not None]
+  # The checks are one family of comparisons: their t-test p-values are Holm-corrected together.
+  significance.with_holm([c["paired"] for c in checks if c["paired"]])
   return {"checks": checks, "met": all(c["met"] for c in checks)}
 
 
@@ -174,7 +177,9 @@ def _table(results: Mapping[str, Any], collection: str, markdown_format: bool) -
 
 def _check_line(check: Mapping[str, Any]) -> str:
   paired = check.get("paired")
-  se = f" ± {paired['se']:.3f} SE, {paired['wins']} queries better, {paired['losses']} worse" if paired else ""
+  se = (f" ± {paired['se']:.3f} SE, p {paired['p_value']:.2g} (Holm {paired['p_holm']:.2g}, randomisation "
+        f"{paired['p_randomization']:.2g}), {paired['wins']} queries better, {paired['losses']} worse"
+        if paired else "")
   need = f">= {check['min_se']:g} SE" if check["min_se"] else ">= 0"
   if check.get("min_value") is not None:
     need += f" and >= {check['min_value']:g}"

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from optical_jax.errors import UserError
+from optical_jax.retrieval import significance
 from optical_jax.retrieval.trec import rank_documents
 
 DEFAULT_METRICS = ("map", "ndcg@10", "mrr@10", "recall@100", "p@10")
@@ -106,7 +107,8 @@ def evaluate_run(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mappi
 
 def paired_difference(per_query_a: Mapping[str, Mapping[str, float]], per_query_b: Mapping[str, Mapping[str, float]],
                       metric: str) -> dict[str, float]:
-  """System a minus system b on one metric, paired by query: the mean difference and its standard error.
+  """System a minus system b on one metric, paired by query: the mean difference, its standard error, and the
+  two-sided p-values of a paired t-test and of a randomisation test (retrieval/significance.py).
 
   Two students evaluated on the same queries differ by far less than either metric's spread over queries, so the
   unpaired means say little about which is better; the per-query differences do. Both must count the same queries
@@ -115,8 +117,11 @@ def paired_difference(per_query_a: Mapping[str, Mapping[str, float]], per_query_
   if set(per_query_a) != set(per_query_b):
     raise ValueError(f"paired_difference: the two systems count different queries "
                      f"({len(per_query_a)} vs {len(per_query_b)})")
-  diffs = np.asarray([per_query_a[q][metric] - per_query_b[q][metric] for q in sorted(per_query_a)], np.float64)
+  queries = sorted(per_query_a)
+  a = np.asarray([per_query_a[q][metric] for q in queries], np.float64)
+  b = np.asarray([per_query_b[q][metric] for q in queries], np.float64)
+  diffs = a - b
   n = len(diffs)
   se = float(np.std(diffs, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
   return {"diff": float(np.mean(diffs)) if n else float("nan"), "se": se, "n": n,
-          "wins": int(np.sum(diffs > 0)), "losses": int(np.sum(diffs < 0))}
+          "wins": int(np.sum(diffs > 0)), "losses": int(np.sum(diffs < 0)), **significance.paired_tests(a, b)}

@@ -68,6 +68,14 @@ def _write_lines(path: os.PathLike | str, lines: list[str]) -> None:
 
 def _fields(path: os.PathLike | str, ncols: int, what: str) -> Iterator[tuple[int, list[str]]]:
   """(line number, columns) of every non-blank line; a wrong column count is a UserError naming file and line."""
+  for lineno, cols in _any_fields(path, what):
+    if len(cols) != ncols:
+      raise UserError(f"{path}:{lineno}: {what} line needs {ncols} columns, got {len(cols)}: {' '.join(cols)[:80]!r}")
+    yield lineno, cols
+
+
+def _any_fields(path: os.PathLike | str, what: str) -> Iterator[tuple[int, list[str]]]:
+  """(line number, whitespace-separated columns) of every non-blank line."""
   try:
     f = open(path, encoding="utf-8")
   except OSError as e:
@@ -76,11 +84,8 @@ def _fields(path: os.PathLike | str, ncols: int, what: str) -> Iterator[tuple[in
     try:
       for lineno, line in enumerate(f, start=1):
         cols = line.split()
-        if not cols:
-          continue
-        if len(cols) != ncols:
-          raise UserError(f"{path}:{lineno}: {what} line needs {ncols} columns, got {len(cols)}: {line.strip()[:80]!r}")
-        yield lineno, cols
+        if cols:
+          yield lineno, cols
     except UnicodeDecodeError as e:
       raise UserError(f"{path}: {what} file is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
@@ -105,15 +110,35 @@ def read_run(path: os.PathLike | str) -> Run:
 
 
 def read_qrels(path: os.PathLike | str) -> Qrels:
-  """Reads 4-column TREC qrels into {qid: {docid: grade}} (grades are integers; ≥1 counts as relevant)."""
+  """Reads qrels into {qid: {docid: grade}} (grades are integers; >= 1 counts as relevant).
+
+  TREC: 4 columns `qid iteration docid grade`. BEIR: 3 tab-separated columns `query-id corpus-id score`, with an
+  optional header line. The first line decides which; every later line must have the same column count.
+  """
   qrels: Qrels = {}
-  for lineno, (qid, _, docid, rel) in _fields(path, 4, "qrels"):
-    try:
-      grade = int(rel)
-    except ValueError:
-      raise UserError(f"{path}:{lineno}: qrels relevance must be an integer, got {rel!r}") from None
+  columns = None
+  for lineno, cols in _any_fields(path, "qrels"):
+    if columns is None:
+      columns = len(cols)
+      if columns not in (3, 4):
+        raise UserError(f"{path}:{lineno}: qrels line needs 4 columns (TREC) or 3 (BEIR), got {len(cols)}")
+      if columns == 3 and not _is_int(cols[2]):
+        continue  # the BEIR header (query-id corpus-id score)
+    if len(cols) != columns:
+      raise UserError(f"{path}:{lineno}: qrels line needs {columns} columns like the first, got {len(cols)}")
+    qid, docid, rel = (cols[0], cols[1], cols[2]) if columns == 3 else (cols[0], cols[2], cols[3])
+    if not _is_int(rel):
+      raise UserError(f"{path}:{lineno}: qrels relevance must be an integer, got {rel!r}")
     docs = qrels.setdefault(qid, {})
     if docid in docs:
       raise UserError(f"{path}:{lineno}: document {docid!r} is judged twice for query {qid!r}")
-    docs[docid] = grade
+    docs[docid] = int(rel)
   return qrels
+
+
+def _is_int(text: str) -> bool:
+  try:
+    int(text)
+  except ValueError:
+    return False
+  return True

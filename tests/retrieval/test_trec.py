@@ -46,6 +46,14 @@ def test_blank_lines_and_extra_whitespace_are_fine(tmp_path):
   assert read_qrels(path) == {"q1": {"d1": 2, "d2": 0}}
 
 
+def test_beir_qrels_with_and_without_header(tmp_path):
+  path = tmp_path / "test.tsv"
+  path.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\nq2\td9\t2\n")
+  assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}, "q2": {"d9": 2}}
+  path.write_text("q1\td1\t1\n")
+  assert read_qrels(path) == {"q1": {"d1": 1}}
+
+
 def test_rank_documents_order():
   assert rank_documents({"a": 1.0, "b": 2.0, "c": 1.0}) == [("b", 2.0), ("c", 1.0), ("a", 1.0)]
 
@@ -66,7 +74,10 @@ def test_malformed_run_lines(tmp_path, content, line, match):
 
 
 @pytest.mark.parametrize("content,line,match", [
-    ("q1 0 d1 1\nq1 0 d2\n", 2, "4 columns"),
+    ("q1 0 d1 1\nq1 0 d2\n", 2, "4 columns like the first"),
+    ("q1 d1\n", 1, r"4 columns \(TREC\) or 3 \(BEIR\)"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\n", 3, "3 columns like the first"),
+    ("q1\td1\t1\nq1\td2\tyes\n", 2, "integer"),
     ("q1 0 d1 1\nq1 0 d2 0.5\n", 2, "integer"),
     ("q1 0 d1 1\nq1 0 d1 0\n", 2, "twice"),
 ])
