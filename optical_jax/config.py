@@ -249,6 +249,9 @@ def _validate_eval(ev: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "k"):
     if ev[key] < 1:
       raise UserError(f"config: eval.{key} must be >= 1, got {ev[key]}")
+  if ev.doc_window < 0 or not 0 <= ev.doc_stride <= max(ev.doc_window, 0):
+    raise UserError(f"config: eval.doc_window must be >= 0 and eval.doc_stride in [0, doc_window], got "
+                    f"{ev.doc_window} and {ev.doc_stride}")
   for triple in (t.strip() for t in ev.files.split(";")):
     if triple and len(split_list(triple.partition("=")[2] if "=" in triple.split(",")[0] else triple)) != 3:
       raise UserError(f"config: eval.files entries must be '[NAME=]QUERIES,DOCUMENTS,QRELS' (several separated by "

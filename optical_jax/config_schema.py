@@ -121,6 +121,10 @@ SCHEMA: dict[str, Key] = {
     "eval.seed": Key(int, 0),
     "eval.max_len_query": Key(int, 0, doc="0 = data.max_len_student"),
     "eval.max_len_doc": Key(int, 0, doc="0 = data.max_len_teacher"),
+    "eval.doc_window": Key(int, 0, doc="> 0: search documents as passages of this many words (long documents; "
+                                       "0 = whole, cut at max_len_doc tokens)"),
+    "eval.doc_stride": Key(int, 0, doc="words between passage starts (0 = doc_window: no overlap)"),
+    "eval.doc_aggregate": Key(str, "maxp", ("maxp", "firstp"), "document score: its best passage's, or its first's"),
     "eval.batch_size": Key(int, 64),
     "eval.k": Key(int, 100),
     "eval.scorers": Key(str, "maxsim,pooled"),

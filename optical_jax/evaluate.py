@@ -102,7 +102,8 @@ def run_evaluation(config: ml_collections.ConfigDict, collections, systems: Sequ
   ev = eval_config(config)
   return evaluate_systems(collections, systems, teacher, out_dir, doc_prefix=config.teacher.passage_prefix,
                           scorers=split_list(ev.scorers), k=ev.k, max_len_query=ev.max_len_query,
-                          max_len_doc=ev.max_len_doc, batch_size=ev.batch_size, maxsim_tokens=ev.maxsim_tokens)
+                          max_len_doc=ev.max_len_doc, batch_size=ev.batch_size, maxsim_tokens=ev.maxsim_tokens,
+                          doc_window=ev.doc_window, doc_stride=ev.doc_stride, doc_aggregate=ev.doc_aggregate)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool = True) -> dict[str, Any]:

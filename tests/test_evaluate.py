@@ -144,6 +144,26 @@ def test_evaluate_systems_writes_recomputable_runs(tmp_path, encoders):
     assert run[qid][best] == pytest.approx(float(cos[row].max()), abs=1e-5)
 
 
+def test_long_documents_as_passages(tmp_path, encoders):
+  """doc_window: runs hold document ids ranked by their best passage; a window longer than every document changes
+  nothing; FirstP searches first passages only."""
+  teacher, student = encoders
+  systems = [evaluation.System("student", student, "")]
+  c = _collection()
+  kwargs = dict(doc_prefix="", k=10, max_len_query=24, max_len_doc=24, batch_size=8, shard=False)
+  whole = evaluation.evaluate_systems([c], systems, teacher, tmp_path / "whole", **kwargs)
+  wide = evaluation.evaluate_systems([c], systems, teacher, tmp_path / "wide", doc_window=1000, **kwargs)
+  assert wide["systems"] == whole["systems"]
+  split = evaluation.evaluate_systems([c], systems, teacher, tmp_path / "split", doc_window=1, doc_stride=1, **kwargs)
+  assert split["collections"]["toy"]["passages"] > len(c.documents)
+  for scorer in ("maxsim", "pooled"):
+    run = trec.read_run(tmp_path / "split" / f"student_{scorer}" / "toy.run")
+    assert all(set(docs) <= set(c.documents) and len(docs) == min(10, len(c.documents)) for docs in run.values())
+  first = evaluation.evaluate_systems([c], systems, teacher, tmp_path / "first", doc_window=1, doc_stride=1,
+                                      doc_aggregate="firstp", **kwargs)
+  assert first["collections"]["toy"]["passages"] == len(c.documents)
+
+
 def test_content_tokens_drop_specials_and_prefix(encoders):
   teacher, _ = encoders
   enc = encode.encode_texts(teacher, ["ab", "abcdef"], prefix="q: ", max_len=16, batch_size=4)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ from optical_jax import sharding as sharding_lib
 from optical_jax.data import collections as collections_lib
 from optical_jax.errors import UserError
 from optical_jax.retrieval import metrics as metrics_lib
+from optical_jax.retrieval import passages
 from optical_jax.retrieval import trec
 from optical_jax.retrieval.encode import encode_texts
 from optical_jax.retrieval.search import rank
@@ -38,6 +40,7 @@ from optical_jax.retrieval.search import rank
 log = logging.getLogger("optical_jax")
 
 SCORERS = ("maxsim", "pooled")
+PASSAGE_DEPTH_FACTOR = 10  # passages ranked per query: up to this many times k (documents split into passages)
 METRICS = metrics_lib.DEFAULT_METRICS  # map, ndcg@10, mrr@10, recall@100, p@10
 
 
@@ -68,10 +71,13 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
                      out_dir: str | os.PathLike, *, doc_prefix: str = "", scorers: Sequence[str] = ("maxsim", "pooled"),
                      k: int = 100, max_len_query: int = 48, max_len_doc: int = 48, batch_size: int = 64,
                      maxsim_tokens: str = "content", metrics: Sequence[str] = METRICS,
-                     shard: bool = True) -> dict[str, Any]:
+                     shard: bool = True, doc_window: int = 0, doc_stride: int = 0,
+                     doc_aggregate: str = "maxp") -> dict[str, Any]:
   """Runs every system on every collection; writes runs, qrels and metrics.json into out_dir; returns metrics.
 
-  With several devices and `shard`, encoding batches and document chunks are split over all of them.
+  With several devices and `shard`, encoding batches and document chunks are split over all of them. With
+  doc_window > 0, documents are searched as passages of that many words (retrieval/passages.py) and scored by
+  doc_aggregate.
   """
   for s in scorers:
     if s not in SCORERS:
@@ -82,12 +88,19 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   if shard and jax.device_count() > 1:
     mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   started = time.perf_counter()
-  docs = _all_documents(collections)  # one id, one text, across every collection
+  _all_documents(collections)  # one id, one text, across every collection
+  # What is searched: every document whole, or its passages (parent: passage id -> document id).
+  units, parent = {}, {}
+  for c in collections:
+    units[c.name], c_parent = passages.split(c.documents, doc_window, doc_stride or doc_window, doc_aggregate)
+    parent.update(c_parent)
+  docs = {pid: text for c in collections for pid, text in units[c.name].items()}
+  most = max(Counter(parent.values()).values(), default=1)  # passages of the most-split document
   # Documents are encoded once per length: a collection may ask for longer ones (e.g. passages).
   doc_len = lambda c: c.max_len_doc or max_len_doc
-  encoded_docs = {}  # length -> (doc ids, id -> row, Encoded)
+  encoded_docs = {}  # length -> (unit ids, id -> row, Encoded)
   for length in sorted({doc_len(c) for c in collections}):
-    ids = list(dict.fromkeys(d for c in collections if doc_len(c) == length for d in c.documents))
+    ids = list(dict.fromkeys(d for c in collections if doc_len(c) == length for d in units[c.name]))
     log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
     encoded_docs[length] = (ids, {d: i for i, d in enumerate(ids)}, encode_texts(
         doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length, batch_size=batch_size, head=False,
@@ -111,11 +124,14 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
       qids = list(query_texts)
       q = enc.take(np.asarray([text_row[query_texts[qid]] for qid in qids]))
       doc_ids, doc_row, doc_enc = encoded_docs[doc_len(c)]
-      rows = np.asarray([doc_row[d] for d in c.documents])
-      scores, index = rank(q, doc_enc.take(rows), scorer, k=k + int(c.exclude_self), mesh=mesh)
+      rows = np.asarray([doc_row[d] for d in units[c.name]])
+      # Enough passages that k documents survive the merge (a document can fill up to `most` of them).
+      depth = min(len(rows), (k + int(c.exclude_self)) * min(most, PASSAGE_DEPTH_FACTOR))
+      scores, index = rank(q, doc_enc.take(rows), scorer, k=depth, mesh=mesh)
       run = {}
       for qid, s_row, i_row in zip(qids, scores, index):
         ranked = [(doc_ids[rows[i]], float(s)) for s, i in zip(s_row, i_row)]
+        ranked = passages.to_documents(ranked, parent, k + int(c.exclude_self))
         if c.exclude_self:
           ranked = [(d, s) for d, s in ranked if d != qid]
         run[qid] = dict(ranked[:k])
@@ -131,7 +147,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
       "collections": {c.name: {"queries": len(c.queries), "documents": len(c.documents),
                                "relevant": sum(len(j) for j in c.qrels.values()), "exclude_self": c.exclude_self,
                                "language": c.language, "description": c.description,
-                               "max_len_doc": doc_len(c)} for c in collections},
+                               "max_len_doc": doc_len(c), "passages": len(units[c.name])} for c in collections},
+      "doc_window": doc_window, "doc_stride": doc_stride or doc_window, "doc_aggregate": doc_aggregate,
       "scorers": list(scorers), "maxsim_tokens": maxsim_tokens, "k": k, "metrics": list(metrics),
       "seconds": {"total": time.perf_counter() - started, **timings},
   }
