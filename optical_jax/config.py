@@ -198,6 +198,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if not any(config.loss[k] for k in ("ot_weight", "mse_weight", "english_weight", "english_mse_weight",
                                        "rank_weight")):
     raise UserError("config: every loss weight is 0: set loss.ot_weight, loss.rank_weight or loss.mse_weight")
+  if config.student.trainable_layers < 0:
+    raise UserError(f"config: student.trainable_layers must be >= 0, got {config.student.trainable_layers}")
   if config.train.eval_every < 0:
     raise UserError(f"config: train.eval_every must be >= 0, got {config.train.eval_every}")
   if config.train.eval_every and not config.data.dev_pairs:

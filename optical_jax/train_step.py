@@ -5,6 +5,7 @@ No I/O and no host syncs here. `train.py` owns the loop; this module owns what r
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable
 
 import flax
@@ -44,10 +45,25 @@ def _decay_mask(params: Any) -> Any:
       lambda path, _: not any(getattr(k, "key", None) in ("bias", "scale") for k in path), params)
 
 
-def _frozen_labels(params: Any, freeze_word_embeddings: bool) -> Any:
+_LAYER = re.compile(r"^layer_(\d+)$")
+
+
+def _frozen_labels(params: Any, freeze_word_embeddings: bool, trainable_layers: int = 0) -> Any:
+  """"frozen" | "trained" per leaf: the word-embedding table if freeze_word_embeddings; with trainable_layers = N > 0,
+  every embedding and every encoder layer below the top N (the projection head, if any, always trains)."""
+  layers = sorted({int(m.group(1)) for key in params for m in [_LAYER.match(str(key))] if m})
+  first_trained = len(layers) - trainable_layers if 0 < trainable_layers < len(layers) else 0
+
   def label(path, _):
-    names = [getattr(k, "key", "") for k in path]
-    return "frozen" if freeze_word_embeddings and "word_embeddings" in names else "trained"
+    names = [str(getattr(k, "key", "")) for k in path]
+    if freeze_word_embeddings and "word_embeddings" in names:
+      return "frozen"
+    if first_trained:
+      layer = next((int(m.group(1)) for n in names for m in [_LAYER.match(n)] if m), None)
+      if (layer is not None and layer < first_trained) or any(n.endswith(("_embeddings", "embeddings_norm"))
+                                                              for n in names):
+        return "frozen"
+    return "trained"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -61,8 +77,8 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       optax.adamw(learning_rate_schedule(train), b1=0.9, b2=0.999, eps=1e-8,
                   weight_decay=train.weight_decay, mask=_decay_mask),
   )
-  labels = functools.partial(_frozen_labels,
-                             freeze_word_embeddings=config.student.freeze_word_embeddings)
+  labels = functools.partial(_frozen_labels, freeze_word_embeddings=config.student.freeze_word_embeddings,
+                             trainable_layers=config.student.trainable_layers)
   tx = optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels)
   trained = lambda tree: jax.tree.map(lambda label: label == "trained", labels(tree))
   return clip_and_skip_nonfinite(tx, clip_norm=train.clip_norm, clip_mask=trained,
@@ -182,12 +198,13 @@ def distillation_loss(params: Any, batch: dict[str, jax.Array], *, model: nn.Mod
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, config: ml_collections.ConfigDict
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  labels = _frozen_labels(state.params, config.student.freeze_word_embeddings)
+  labels = _frozen_labels(state.params, config.student.freeze_word_embeddings, config.student.trainable_layers)
 
   def loss_fn(params, batch):
     # Frozen leaves get no gradient at all. Otherwise the backward pass scatter-adds into a zero table the size of
     # the vocabulary (250k x 384 for mE5) and checks it for non-finite values every step, only for the optimizer to
-    # discard it.
+    # discard it. With only the top layers trained, nothing below them is differentiated either: autodiff never
+    # builds a backward pass for layers whose inputs and parameters are all constants.
     params = jax.tree.map(lambda p, label: jax.lax.stop_gradient(p) if label == "frozen" else p, params, labels)
     return distillation_loss(params, batch, model=model, config=config)
 

@@ -121,11 +121,12 @@ def test_frozen_word_embeddings_do_not_move():
   assert any(v for k, v in moved.items() if "word_embeddings" not in k)
 
 
-def test_frozen_step_equals_full_gradient_then_mask():
-  """The step takes no gradient of the frozen table; the trained parameters move exactly as with the full gradient
-  masked by the optimizer (the reference below, on one device)."""
-  config, mesh, data, state, _, step = _setup((1, 1, 1), jax.devices()[:1],
-                                              ["student.freeze_word_embeddings=True", "student.num_layers=1"])
+@pytest.mark.parametrize("overrides", [["student.freeze_word_embeddings=True", "student.num_layers=1"],
+                                       ["student.trainable_layers=1", "student.num_layers=2"]])
+def test_frozen_step_equals_full_gradient_then_mask(overrides):
+  """The step takes no gradient of the frozen table (or of the layers below the trained top ones); the trained
+  parameters move exactly as with the full gradient masked by the optimizer (the reference below, on one device)."""
+  config, mesh, data, state, _, step = _setup((1, 1, 1), jax.devices()[:1], overrides)
   model = student_lib.build_student(config).module
   tx = ts.make_optimizer(config)
   batch = data.load_rows(np.arange(config.train.batch_size))
@@ -139,6 +140,11 @@ def test_frozen_step_equals_full_gradient_then_mask():
     state, _ = step(state, sharding.global_batch(batch, mesh))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), jax.device_get(state.params),
                expected)
+  if config.student.trainable_layers:
+    moved = {jax.tree_util.keystr(k[:1]) for (k, a), (_, b) in zip(
+        jax.tree_util.tree_leaves_with_path(params0), jax.tree_util.tree_leaves_with_path(jax.device_get(state.params)))
+        if not np.array_equal(a, b)}
+    assert moved == {"['layer_1']", "['projection']"}, moved
 
 
 def test_length_bucket_cut_leaves_loss_and_update_unchanged():
