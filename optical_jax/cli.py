@@ -65,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
   _add_config(p)
   p.add_argument("--workdir", required=True)
 
+  p = sub.add_parser("index", help="encode a collection's documents with the teacher once, into an index")
+  _add_config(p)
+  p.add_argument("--collection", required=True,
+                 help="a built-in collection name, a BEIR folder (DIR[@SPLIT]), or a documents file (JSONL/TSV)")
+  p.add_argument("--out", required=True, help="index directory (rerun to resume)")
+  p.add_argument("--docs-per-shard", type=int, default=4096)
+  p.add_argument("--distributed", action="store_true", help="every host encodes its share of the shards")
+
+  p = sub.add_parser("search", help="search an index with a trained student; write a TREC run")
+  p.add_argument("--index", required=True)
+  p.add_argument("--student", required=True, help="a training workdir or an exported HF directory")
+  p.add_argument("--queries", required=True, help="queries TSV (qid<TAB>text) or JSONL")
+  p.add_argument("--run", required=True, help="TREC run to write")
+  p.add_argument("--k", type=int, default=100)
+  p.add_argument("--scorer", default="maxsim", choices=("maxsim", "pooled"))
+  p.add_argument("--rerank", help="a first-stage TREC run: score only its candidates")
+  p.add_argument("--depth", type=int, default=1000, help="--rerank: candidates per query")
+  p.add_argument("--mix", type=float, default=1.0, help="weight interpolation towards the untrained student")
+  p.add_argument("--prefix", default=None, help="query prefix (default: the workdir config's student.prefix)")
+
   p = sub.add_parser("bench", help="throughput benchmark of the train step")
   _add_config(p)
   p.add_argument("--compare", action="store_true", help="also time the PyTorch + POT reference at the same shapes")
@@ -112,7 +132,7 @@ def run(argv: Sequence[str]) -> int:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
-  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "bench"):
+  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "bench", "index"):
     from optical_jax import distributed
     distributed.maybe_initialize(force=getattr(args, "distributed", False))
   with _workdir_lock(args):
@@ -171,6 +191,18 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
   elif args.command == "evaluate":
     from optical_jax import evaluate
     evaluate.evaluate(_load(args, overrides), args.workdir)
+  elif args.command == "index":
+    from optical_jax import index_search
+    manifest = index_search.build_index(_load(args, overrides), args.collection, args.out,
+                                        docs_per_shard=args.docs_per_shard)
+    print(json.dumps({"out": args.out, "documents": manifest["num_docs"], "complete": manifest["complete"]}))
+  elif args.command == "search":
+    from optical_jax import index_search
+    if args.k < 1 or args.depth < 1:
+      raise UserError(f"--k and --depth must be >= 1, got {args.k} and {args.depth}")
+    print(json.dumps(index_search.search_index(args.index, args.student, args.queries, args.run, k=args.k,
+                                               scorer=args.scorer, rerank=args.rerank, depth=args.depth,
+                                               mix=args.mix, prefix=args.prefix)))
   elif args.command == "bench":
     from optical_jax.bench import runner as bench_runner
     from optical_jax.bench import settings as bench_settings

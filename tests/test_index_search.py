@@ -1,0 +1,99 @@
+"""`optical-jax index` / `search`: the streamed top k over index shards equals an in-memory search of the same
+vectors; rerank scores only the first stage's candidates; an interrupted build resumes; a changed corpus is refused."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from optical_jax import cli, models
+from optical_jax import config as config_lib
+from optical_jax.data import encoding
+from optical_jax.data.teacher import load_teacher
+from optical_jax.errors import UserError
+from optical_jax.retrieval import doc_index, trec
+from optical_jax.retrieval.encode import encode_texts
+from optical_jax.retrieval.search import rank
+
+CONFIG = "configs/tiny.py:text"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("corpus")
+  rng = random.Random(0)
+  words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 7))) for _ in range(60)]
+  docs = {f"d{i}": " ".join(rng.sample(words, rng.randint(2, 9))) for i in range(23)}
+  (root / "docs.jsonl").write_text("".join(json.dumps({"id": d, "text": t}) + "\n" for d, t in docs.items()))
+  queries = {f"q{i}": " ".join(rng.sample(words, 3)) for i in range(5)}
+  (root / "queries.tsv").write_text("".join(f"{q}\t{t}\n" for q, t in queries.items()))
+  student = encoding.load_encoder("random", random_dims={"hidden_size": 32}, seed=5)
+  models.save_pretrained(student, root / "student")
+  return root, docs, queries
+
+
+def _config():
+  return config_lib.load_config(CONFIG, ["data.bitext=unused.tsv"])
+
+
+def test_streamed_search_equals_in_memory_search_and_rerank_keeps_candidates(corpus, tmp_path):
+  root, docs, queries = corpus
+  out = tmp_path / "index"
+  assert cli.main(["index", "--config", CONFIG, "--config.data.bitext=unused.tsv", "--collection",
+                   str(root / "docs.jsonl"), "--out", str(out), "--docs-per-shard", "7"]) == 0
+  index = doc_index.DocIndex(str(out), verify=True)
+  assert index.num_docs == 23 and len(index.manifest["shards"]) == 4 and index.manifest["complete"]
+  config = _config()
+  teacher = load_teacher(config)
+  student = models.from_pretrained(root / "student")
+  ids = sorted(docs)
+  d = encode_texts(teacher, [docs[i] for i in ids], prefix="", max_len=48, batch_size=64, head=False)
+  q = encode_texts(student, list(queries.values()), prefix="", max_len=48, batch_size=64)
+  for scorer in ("maxsim", "pooled"):
+    run_path = tmp_path / f"{scorer}.run"
+    assert cli.main(["search", "--index", str(out), "--student", str(root / "student"), "--queries",
+                     str(root / "queries.tsv"), "--run", str(run_path), "--k", "5", "--scorer", scorer]) == 0
+    run = trec.read_run(run_path)
+    scores, rows = rank(q, d, scorer, k=5)
+    for i, qid in enumerate(queries):
+      expected = {ids[r]: float(s) for s, r in zip(scores[i], rows[i])}
+      assert list(run[qid]) == list(expected)  # same documents in the same order
+      np.testing.assert_allclose([run[qid][x] for x in expected], list(expected.values()), atol=2e-3)
+  # Rerank: only the first stage's candidates (one unknown to the index), in the full search's order.
+  first = {qid: {"d3": 3.0, "d11": 2.0, "d20": 1.0, "nope": 0.5} for qid in queries}
+  trec.write_run(tmp_path / "first.run", first, "bm25")
+  assert cli.main(["search", "--index", str(out), "--student", str(root / "student"), "--queries",
+                   str(root / "queries.tsv"), "--run", str(tmp_path / "re.run"), "--rerank",
+                   str(tmp_path / "first.run"), "--depth", "3"]) == 0
+  reranked = trec.read_run(tmp_path / "re.run")
+  full = rank(q, d, "maxsim", k=23)
+  for i, qid in enumerate(queries):
+    order = [ids[r] for r in full[1][i] if ids[r] in ("d3", "d11", "d20")]
+    assert list(reranked[qid]) == order
+
+
+def test_interrupted_build_resumes_and_a_changed_corpus_is_refused(corpus, tmp_path):
+  root, docs, _ = corpus
+  config = _config()
+  teacher = load_teacher(config)
+  encode = lambda texts: encode_texts(teacher, texts, prefix="", max_len=48, batch_size=64, head=False)
+  identity = {"teacher": "random", "teacher_checksum": "x", "prefix": "", "max_len": 48, "maxsim_tokens": "content",
+              "dim": 32}
+  documents = sorted(docs.items())
+  calls = []
+
+  def failing(texts):
+    calls.append(len(texts))
+    if len(calls) == 3:
+      raise RuntimeError("killed")
+    return encode(texts)
+
+  with pytest.raises(RuntimeError):
+    doc_index.build(str(tmp_path / "a"), documents, failing, identity=identity, docs_per_shard=5)
+  manifest = doc_index.build(str(tmp_path / "a"), documents, encode, identity=identity, docs_per_shard=5)
+  whole = doc_index.build(str(tmp_path / "b"), documents, encode, identity=identity, docs_per_shard=5)
+  assert manifest["complete"] and manifest["shards"] == whole["shards"]  # same files, same hashes
+  with pytest.raises(UserError, match="documents_sha256"):
+    doc_index.build(str(tmp_path / "a"), documents[:-1], encode, identity=identity, docs_per_shard=5)
+  with pytest.raises(UserError, match="not an index"):
+    doc_index.DocIndex(str(tmp_path / "nothing"))
