@@ -135,16 +135,18 @@ def load_verses(code: str, *, db_path: str | os.PathLike | None = None) -> dict[
 
 
 def bitext_pairs(lr_code: str, en_code: str = "4", split: str = "train", *,
-                 db_path: str | os.PathLike | None = None, stats: dict | None = None) -> list[tuple[str, str, str]]:
+                 db_path: str | os.PathLike | None = None, stats: dict | None = None,
+                 id_prefix: str | None = None) -> list[tuple[str, str, str]]:
   """[(id, low-resource text, English text)] for verses present in both versions, in canonical order.
 
   split "train" = Old Testament (books 1-39), "test" = New Testament (40-66), "all". Ids look like
-  "sw-en:43.3.16". Pairs with an empty side are skipped; if `stats` is a dict it receives the counts.
+  "sw-en:43.3.16" (`id_prefix` replaces "sw-en", e.g. to tell two English versions apart). Pairs with an empty side
+  are skipped; if `stats` is a dict it receives the counts.
   """
   if split not in SPLITS:
     raise UserError(f"unknown Bible split {split!r}; known: {', '.join(SPLITS)}")
   lr, en = load_verses(lr_code, db_path=db_path), load_verses(en_code, db_path=db_path)
-  prefix = f"{VERSIONS[lr_code].lang}-{VERSIONS[en_code].lang}"
+  prefix = id_prefix or f"{VERSIONS[lr_code].lang}-{VERSIONS[en_code].lang}"
   books = SPLITS[split]
   keys = sorted(k for k in lr.keys() & en.keys() if k[0] in books)
   counts = {"verses": len(keys), "empty_lr": 0, "empty_en": 0, "pairs": 0}

