@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--mix", type=float, default=1.0, help="weight interpolation towards the untrained student")
   p.add_argument("--prefix", default=None, help="query prefix (default: the workdir config's student.prefix)")
 
+  p = sub.add_parser("experiment", help="a spec's cells x seeds: train, evaluate, tables with paired tests, plots")
+  p.add_argument("--spec", required=True, help="experiments/NAME.py (get_spec())")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--dry-run", action="store_true", help="check every config, data source and collection; train nothing")
+  p.add_argument("--cell", type=int, default=None, help="run only cell I (0-based; e.g. a SLURM array task)")
+
   p = sub.add_parser("bench", help="throughput benchmark of the train step")
   _add_config(p)
   p.add_argument("--compare", action="store_true", help="also time the PyTorch + POT reference at the same shapes")
@@ -203,6 +209,9 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
     print(json.dumps(index_search.search_index(args.index, args.student, args.queries, args.run, k=args.k,
                                                scorer=args.scorer, rerank=args.rerank, depth=args.depth,
                                                mix=args.mix, prefix=args.prefix)))
+  elif args.command == "experiment":
+    from optical_jax import experiment
+    experiment.main(args.spec, args.workdir, dry=args.dry_run, cell=args.cell)
   elif args.command == "bench":
     from optical_jax.bench import runner as bench_runner
     from optical_jax.bench import settings as bench_settings

@@ -66,6 +66,8 @@ SCHEMA: dict[str, Key] = {
     "data.num_examples": Key(int, 2048, doc="synthetic bitext only"),
     "data.max_train_pairs": Key(int, 0, doc="seeded sample of each bitext source (0 = all)"),
     "data.sample_seed": Key(int, 0),
+    "data.nested_sample": Key(bool, False, doc="samples of different max_train_pairs nest (100 within 300 within "
+                                                "1000), whatever the sizes; False keeps the demo's 4,800-pair sample"),
     "data.teacher_batch_size": Key(int, 64),
     "data.teacher_dtype": Key(str, "float16", ("float16", "bfloat16", "float32"), "teacher store dtype"),
     "data.examples_per_shard": Key(int, 4096),

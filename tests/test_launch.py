@@ -16,7 +16,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TPU = REPO / "launch" / "tpu_vm.sh"
 GPU = REPO / "launch" / "gpu_single_host.sh"
 SLURM = REPO / "launch" / "slurm_multinode.sbatch"
-SCRIPTS = [TPU, GPU, SLURM]
+SLURM_EXPERIMENT = REPO / "launch" / "slurm_experiment.sbatch"
+SCRIPTS = [TPU, GPU, SLURM, SLURM_EXPERIMENT]
 POD = ["--name", "optical-v5e", "--zone", "us-west4-a"]
 # Overrides with spaces, quotes and shell metacharacters must reach optical-jax unchanged.
 OVERRIDES = ["--config.train.steps=100", "--config.data.bitext=gs://b/it's a $HOME;x.tsv"]
@@ -334,6 +335,20 @@ def test_slurm_dry_run(tmp_path):
             clean_env(tmp_path))
   (argv,) = commands(out.stdout)
   assert argv.count("--config.mesh.data=-1") == 0 and argv[-1] == "--config.mesh.data=4"
+
+
+def test_slurm_experiment_array_task_dry_run(tmp_path):
+  spec = "experiments/data_scale_sw.py"
+  out = run(SLURM_EXPERIMENT, ["--spec", spec, "--workdir", "/shared/exp dir"],
+            clean_env(tmp_path, DRY_RUN="1", SLURM_ARRAY_TASK_ID="3"))
+  assert out.returncode == 0, out.stderr
+  (argv,) = commands(out.stdout)
+  assert argv == [f"{REPO}/.venv/bin/optical-jax", "experiment", "--spec", spec, "--workdir", "/shared/exp dir",
+                  "--cell", "3"]
+  out = run(SLURM_EXPERIMENT, ["--spec", spec, "--workdir", "w"], clean_env(tmp_path, DRY_RUN="1"))
+  assert out.returncode == 2 and "SLURM_ARRAY_TASK_ID" in out.stderr
+  out = run(SLURM_EXPERIMENT, ["--workdir", "w"], clean_env(tmp_path, DRY_RUN="1", SLURM_ARRAY_TASK_ID="0"))
+  assert out.returncode == 2 and "--spec is required" in out.stderr
 
 
 def test_slurm_outside_a_job_refuses(tmp_path):

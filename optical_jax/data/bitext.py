@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 import ml_collections
+import numpy as np
 from etils import epath
 
 from optical_jax.data.report import DataReport
@@ -75,7 +76,10 @@ def load_training_sources(config: ml_collections.ConfigDict, workdir, report: Da
                          strict=bool(config.data.strict), report=report)
     limit = config.data.max_train_pairs
     if limit and limit < len(bitext):
-      rows = sorted(random.Random(config.data.sample_seed).sample(range(len(bitext)), limit))
+      if config.data.nested_sample:  # a prefix of one seeded permutation: the 100-pair sample is in the 300-pair one
+        rows = sorted(np.random.default_rng(config.data.sample_seed).permutation(len(bitext))[:limit].tolist())
+      else:
+        rows = sorted(random.Random(config.data.sample_seed).sample(range(len(bitext)), limit))
       bitext = [bitext[i] for i in rows]
     sizes.append(len(bitext))
     if len(sources) == 1:  # one source keeps its (lazy, random-access) form; a reader rejects duplicate ids itself

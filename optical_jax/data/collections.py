@@ -237,16 +237,9 @@ def _code(language: str) -> str:
   return LANGUAGE_CODES[language]
 
 
-def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
-          seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
-          quran_path=None) -> list[EvalCollection]:
-  """The named collections (see COLLECTION_NAMES; any `bible_[xref_|passage_]LANG_en[_VERSION]` with LANG in
-  LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS).
-
-  The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
-  (LANGUAGE_CODES) and every English one used, whichever collections are requested: all Bible collections share it, and
-  `bible_sw_en` scores the same verses whether it is evaluated alone or beside `bible_bn_en`.
-  """
+def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
+  """(kind, language, English version) of each built-in collection name; an unknown name is a UserError. Reads no
+  corpus: `optical-jax experiment --dry-run` checks names with it."""
   parsed = []
   for name in names:
     m = _BIBLE_NAME.match(name)
@@ -260,6 +253,20 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
       raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
                       f"(or bible_[xref_|passage_]LANG_en[_VERSION] with LANG in {', '.join(LANGUAGE_CODES)}, "
                       f"VERSION in {', '.join(ENGLISH_VERSIONS)})")
+  return parsed
+
+
+def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
+          seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
+          quran_path=None) -> list[EvalCollection]:
+  """The named collections (see COLLECTION_NAMES; any `bible_[xref_|passage_]LANG_en[_VERSION]` with LANG in
+  LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS).
+
+  The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
+  (LANGUAGE_CODES) and every English one used, whichever collections are requested: all Bible collections share it, and
+  `bible_sw_en` scores the same verses whether it is evaluated alone or beside `bible_bn_en`.
+  """
+  parsed = check_names(names)
   sample = []
   if any(kind != "quran" for kind, *_ in parsed):
     # Also over the English versions the requested collections add. KJV and KJ2000 have no empty New Testament

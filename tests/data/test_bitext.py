@@ -26,6 +26,17 @@ def test_max_train_pairs_is_a_seeded_sample(tmp_path):
     _config(path, -1)
 
 
+def test_nested_samples_nest(tmp_path):
+  path = tmp_path / "pairs.tsv"
+  path.write_text("".join(f"p{i}\tchanzo {i}\tsource {i}\n" for i in range(200)))
+  nested = {}
+  for n in (10, 30, 100):
+    config = _config(path, n)
+    config.data.nested_sample = True
+    nested[n] = {ex.id for ex in load_training_bitext(config, tmp_path)}
+  assert nested[10] < nested[30] < nested[100] and len(nested[30]) == 30
+
+
 def test_several_sources_with_weights(tmp_path):
   from optical_jax.data import bitext
   sw, bn = tmp_path / "sw.tsv", tmp_path / "bn.tsv"
