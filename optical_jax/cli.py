@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--mix", type=float, default=1.0,
                  help="weight-space interpolation towards the untrained student: mix x trained + (1 - mix) x "
                       "zero-shot (default 1 = the trained student)")
+  p.add_argument("--format", default="hf", choices=("hf", "sentence-transformers"),
+                 help="hf: transformers' AutoModel loads it; sentence-transformers: SentenceTransformer(OUT) too")
 
   p = sub.add_parser("demo", help="the end-to-end embedded default")
   p.add_argument("--workdir", default="runs/demo")
@@ -219,7 +221,7 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
                       json_path=args.json_path, steps=args.steps)
   elif args.command == "export":
     from optical_jax import export
-    export.export(args.workdir, args.out, mix=args.mix)
+    export.export(args.workdir, args.out, mix=args.mix, fmt=args.format)
     print(f"wrote {args.out}")
   elif args.command == "demo":
     from optical_jax.demo import runner as demo_runner

@@ -1,6 +1,7 @@
 """`optical-jax export`: the trained student of a workdir as a Hugging Face directory (transformers loads it)."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -55,6 +56,41 @@ def load_student(workdir: str, mix: float = 1.0) -> tuple[models.Encoder, int]:
                         config=student.module.config, extra=student.extra), step
 
 
-def export(workdir: str, out: str, mix: float = 1.0) -> None:
-  encoder, _ = load_student(workdir, mix)
+def export(workdir: str, out: str, mix: float = 1.0, fmt: str = "hf") -> None:
+  """The workdir's student as a Hugging Face directory (`fmt` "hf"), or also a sentence-transformers one; with
+  optical_jax.json (prompts, the paired teacher, the MaxSim token rule) and a model card (export_formats.py)."""
+  from optical_jax import export_formats
+  from optical_jax.data.teacher import load_teacher, teacher_identity
+  from optical_jax.data.tokens import prefix_length
+  from optical_jax.evaluate import system_name  # evaluate imports this module: a call-time import
+  if fmt not in export_formats.FORMATS:
+    raise UserError(f"--format must be one of {', '.join(export_formats.FORMATS)}, got {fmt!r}")
+  encoder, step = load_student(workdir, mix)  # checks the workdir
+  config = config_lib.from_json(epath.Path(workdir) / "config.json")
+  out_path = epath.Path(out)
   models.save_pretrained(encoder, out)
+  if config.teacher.path == "synthetic":  # the synthetic generator's made-up teacher vectors: no encoder to name
+    teacher = {"teacher": "synthetic", "teacher_checksum": "", "dim": int(config.teacher.dim)}
+  else:
+    teacher = teacher_identity(config, load_teacher(config))
+  max_len = int(config.eval.max_len_query or config.data.max_len_student)
+  skip = 1 + prefix_length(encoder.tokenizer, config.student.prefix) if encoder.tokenizer is not None else 1
+  metadata = {
+      "system": system_name(config), "step": step, "mix": mix, "format": fmt,
+      "query_prefix": config.student.prefix, "passage_prefix": config.teacher.passage_prefix,
+      "max_len_query": max_len, "max_len_doc": int(config.eval.max_len_doc or config.data.max_len_teacher),
+      "teacher": {"path": teacher["teacher"], "checksum": teacher["teacher_checksum"], "dim": teacher["dim"]},
+      "maxsim_tokens": config.eval.maxsim_tokens,
+      "maxsim_rule": (f"content tokens: a query drops its first {skip} tokens (the leading special token and the "
+                      "prefix pieces) and its final special token; documents likewise with the passage prefix"
+                      if config.eval.maxsim_tokens == "content" else "every real token"),
+      "pooling": "mean over every real token (prefix included), then cosine",
+      "projection_dim": encoder.config.projection_dim, "normalize": encoder.config.normalize,
+  }
+  export_formats.write_metadata(out_path, metadata)
+  if fmt == "sentence-transformers":
+    export_formats.write_sentence_transformers(encoder, out_path, query_prefix=config.student.prefix,
+                                               passage_prefix=config.teacher.passage_prefix, max_len=max_len)
+  metrics_file = epath.Path(workdir) / "eval" / "metrics.json"
+  evaluation = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+  (out_path / "README.md").write_text(export_formats.model_card(metadata, evaluation, fmt))

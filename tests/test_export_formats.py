@@ -1,0 +1,69 @@
+"""`optical-jax export --format`: transformers and sentence-transformers load the export and give optical_jax's own
+vectors (to 1e-4); optical_jax.json names the prompts, the paired teacher and the MaxSim token rule; the model card
+carries the evaluation table."""
+import json
+
+import numpy as np
+import pytest
+
+from optical_jax import cli, models
+from optical_jax.data import encoding
+from optical_jax.retrieval.encode import encode_texts
+
+pytest.importorskip("sentence_transformers")
+
+TEXTS = ["habari ya asubuhi", "mungu ni mwema sana", "x", "neno la kwanza na la pili na la tatu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny student trained 4 steps on a generated file through the real text path, then evaluated."""
+  from optical_jax.demo import synthetic
+  root = tmp_path_factory.mktemp("export")
+  files = synthetic.write_files(root / "data", train_pairs=64, test_pairs=16)
+  workdir = root / "run"
+  overrides = [f"--config.data.bitext={files['bitext.tsv']}", "--config.train.steps=4", "--config.train.log_every=2",
+               "--config.train.checkpoint_every=4", "--config.train.warmup_steps=1", "--config.student.prefix=q: ",
+               "--config.teacher.passage_prefix=p: ", "--config.eval.baselines=",
+               f"--config.eval.files=toy={files['queries.tsv']},{files['documents.jsonl']},{files['qrels.txt']}"]
+  for command in ("precompute-teacher", "train", "evaluate"):
+    assert cli.main([command, "--config", "configs/tiny.py:text", "--workdir", str(workdir), *overrides]) == 0
+  return workdir
+
+
+def test_sentence_transformers_export_gives_our_pooled_vectors(trained, tmp_path):
+  from sentence_transformers import SentenceTransformer
+  out = tmp_path / "st"
+  assert cli.main(["export", "--workdir", str(trained), "--out", str(out), "--format", "sentence-transformers"]) == 0
+  ours = models.from_pretrained(out)
+  assert ours.config.projection_dim == 32  # configs/tiny.py's head (hidden 64 -> teacher dim 32) is exported
+  expected = encode_texts(ours, TEXTS, prefix="q: ", max_len=48, batch_size=8).pooled
+  model = SentenceTransformer(str(out), device="cpu")
+  got = model.encode(TEXTS, convert_to_numpy=True)  # the default prompt is the student's prefix
+  got = got / np.linalg.norm(got, axis=1, keepdims=True)
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  meta = json.loads((out / "optical_jax.json").read_text())
+  assert meta["query_prefix"] == "q: " and meta["passage_prefix"] == "p: " and meta["maxsim_tokens"] == "content"
+  assert meta["teacher"]["path"] == "random" and meta["teacher"]["dim"] == 32 and meta["step"] == 4
+  assert model.prompts["document"] == "p: "
+  card = (out / "README.md").read_text()
+  assert "| toy |" in card and "MaxSim" in card
+
+
+def test_hf_export_loads_in_transformers_with_the_same_hidden_states(trained, tmp_path):
+  import torch
+  from transformers import AutoModel, AutoTokenizer
+  out = tmp_path / "hf"
+  assert cli.main(["export", "--workdir", str(trained), "--out", str(out)]) == 0
+  ours = models.from_pretrained(out)
+  ids, mask = ours.tokenize(TEXTS, 48, prefix="q: ")
+  expected = np.asarray(ours(ids, mask))
+  tokenizer, model = AutoTokenizer.from_pretrained(str(out)), AutoModel.from_pretrained(str(out)).eval()
+  batch = tokenizer(["q: " + t for t in TEXTS], padding="max_length", max_length=48, return_tensors="pt")
+  np.testing.assert_array_equal(batch["input_ids"].numpy(), ids)
+  with torch.no_grad():
+    got = model(**batch).last_hidden_state.numpy()
+  real = mask[..., None] > 0
+  np.testing.assert_allclose(np.where(real, got, 0), np.where(real, expected, 0), atol=1e-4)
+  assert json.loads((out / "optical_jax.json").read_text())["format"] == "hf"
+  assert not (out / "modules.json").exists()
