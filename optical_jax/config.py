@@ -260,5 +260,20 @@ def _validate_eval(ev: ml_collections.ConfigDict) -> None:
                       f"';'), got {triple!r}")
 
 
+def system_name(config: ml_collections.ConfigDict) -> str:
+  """The trained student's name: eval.system, else from the loss weights, as the demo names its students
+  (optical = OT + ranking term, ot_only, contrastive, mse_distill, optical_mse), with `_mixM` for eval.mix < 1."""
+  if config.eval.system:
+    return config.eval.system
+  ot, mse, rank = config.loss.ot_weight, config.loss.mse_weight, config.loss.rank_weight
+  if mse:
+    name = "optical_mse" if ot else "mse_distill"
+  elif ot:
+    name = "optical" if rank else "ot_only"
+  else:
+    name = "contrastive"
+  return name if config.eval.mix == 1.0 else f"{name}_mix{config.eval.mix:g}"
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

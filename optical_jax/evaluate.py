@@ -16,6 +16,7 @@ import ml_collections
 
 from optical_jax import export
 from optical_jax import student as student_lib
+from optical_jax import config as config_lib
 from optical_jax.config import split_list
 from optical_jax.data import collections as collections_lib
 from optical_jax.data.teacher import load_teacher
@@ -69,21 +70,6 @@ def _file_triple(text: str) -> collections_lib.EvalCollection:
   return collections_lib.file_collection(*parts, name=name.strip() if name else None)
 
 
-def system_name(config: ml_collections.ConfigDict) -> str:
-  """The trained student's name: eval.system, else from the loss weights, as the demo names its students
-  (optical = OT + ranking term, ot_only, contrastive, mse_distill, optical_mse), with `_mixM` for eval.mix < 1."""
-  if config.eval.system:
-    return config.eval.system
-  ot, mse, rank = config.loss.ot_weight, config.loss.mse_weight, config.loss.rank_weight
-  if mse:
-    name = "optical_mse" if ot else "mse_distill"
-  elif ot:
-    name = "optical" if rank else "ot_only"
-  else:
-    name = "contrastive"
-  return name if config.eval.mix == 1.0 else f"{name}_mix{config.eval.mix:g}"
-
-
 def baseline_systems(config: ml_collections.ConfigDict, teacher) -> list[System]:
   """eval.baselines: teacher_en (teacher, English queries), teacher_lr (teacher, low-resource queries), zero_shot."""
   out = []
@@ -112,7 +98,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool
   student, step = export.load_student(workdir, config.eval.mix)
   teacher = load_teacher(config)
   systems = baseline_systems(config, teacher) if baselines else []
-  systems.append(System(system_name(config), student, config.student.prefix))
+  systems.append(System(config_lib.system_name(config), student, config.student.prefix))
   summary = run_evaluation(config, collections, systems, teacher, os.path.join(workdir, "eval"))
   summary["student_step"] = step
   with open(os.path.join(workdir, "eval", "metrics.json"), "w", encoding="utf-8") as f:

@@ -62,7 +62,6 @@ def export(workdir: str, out: str, mix: float = 1.0, fmt: str = "hf") -> None:
   from optical_jax import export_formats
   from optical_jax.data.teacher import load_teacher, teacher_identity
   from optical_jax.data.tokens import prefix_length
-  from optical_jax.evaluate import system_name  # evaluate imports this module: a call-time import
   if fmt not in export_formats.FORMATS:
     raise UserError(f"--format must be one of {', '.join(export_formats.FORMATS)}, got {fmt!r}")
   encoder, step = load_student(workdir, mix)  # checks the workdir
@@ -76,7 +75,7 @@ def export(workdir: str, out: str, mix: float = 1.0, fmt: str = "hf") -> None:
   max_len = int(config.eval.max_len_query or config.data.max_len_student)
   skip = 1 + prefix_length(encoder.tokenizer, config.student.prefix) if encoder.tokenizer is not None else 1
   metadata = {
-      "system": system_name(config), "step": step, "mix": mix, "format": fmt,
+      "system": config_lib.system_name(config), "step": step, "mix": mix, "format": fmt,
       "query_prefix": config.student.prefix, "passage_prefix": config.teacher.passage_prefix,
       "max_len_query": max_len, "max_len_doc": int(config.eval.max_len_doc or config.data.max_len_teacher),
       "teacher": {"path": teacher["teacher"], "checksum": teacher["teacher_checksum"], "dim": teacher["dim"]},

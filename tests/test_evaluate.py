@@ -201,17 +201,17 @@ def test_length_bucketed_encoding_equals_full_padding(encoders):
 
 def test_config_helpers():
   config = config_lib.load_config("configs/tiny.py", ["loss.ot_weight=0.0", "loss.mse_weight=1.0"])
-  assert evaluate.system_name(config) == "mse_distill"
+  assert config_lib.system_name(config) == "mse_distill"
   config.loss.ot_weight = 1.0
-  assert evaluate.system_name(config) == "optical_mse"
+  assert config_lib.system_name(config) == "optical_mse"
   config.loss.mse_weight = 0.0
-  assert evaluate.system_name(config) == "ot_only"
+  assert config_lib.system_name(config) == "ot_only"
   config.loss.rank_weight = 1.0
-  assert evaluate.system_name(config) == "optical"
+  assert config_lib.system_name(config) == "optical"
   config.eval.mix = 0.5
-  assert evaluate.system_name(config) == "optical_mix0.5"
+  assert config_lib.system_name(config) == "optical_mix0.5"
   config.loss.ot_weight, config.eval.mix = 0.0, 1.0
-  assert evaluate.system_name(config) == "contrastive"
+  assert config_lib.system_name(config) == "contrastive"
   ev = evaluate.eval_config(config)
   assert ev.max_len_query == config.data.max_len_student and ev.max_len_doc == config.data.max_len_teacher
   assert ev.scorers == "maxsim,pooled"
