@@ -1,6 +1,7 @@
 """`optical-jax experiment --spec experiments/NAME.py --workdir DIR [--dry-run] [--cell I]`: a question as a grid.
 
-A spec is a python file whose `get_spec()` returns a dict:
+A spec is a python file whose `get_spec()` returns a dict (`--spec FILE:VARIANT` calls `get_spec(VARIANT)`, e.g.
+a CPU-sized variant of a grid):
   config        base config, "path/to/config.py[:ARG]" (relative paths are read from the repository root)
   overrides     list of "KEY=VALUE" applied to every cell
   cells         {name: [overrides]}: the grid, in order; the control is one of them
@@ -49,14 +50,16 @@ STORE_KEYS = ("teacher.path", "teacher.query_prefix", "teacher.dim", "data.bitex
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_spec(path: str) -> dict[str, Any]:
+def load_spec(spec_arg: str) -> dict[str, Any]:
+  """`PATH` or `PATH:VARIANT` (get_spec(VARIANT), e.g. a spec's CPU-sized variant), validated."""
+  path, _, variant = spec_arg.partition(":")
   if not os.path.isfile(path):
     raise UserError(f"--spec: no such file: {path}")
   module_spec = importlib.util.spec_from_file_location(f"optical_jax_spec_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
-    spec = module.get_spec()
+    spec = module.get_spec(variant) if variant else module.get_spec()
   except Exception as e:  # A broken spec is the user's to fix: say where.
     raise UserError(f"{path}: cannot load the spec: {type(e).__name__}: {e}") from e
   unknown = set(spec) - SPEC_KEYS

@@ -144,11 +144,7 @@ def _full_search(index: doc_index.DocIndex, q: Encoded, qids: list[str], scorer:
 def _rerank(index: doc_index.DocIndex, q: Encoded, qids: list[str], first: dict[str, dict[str, float]], depth: int,
             scorer: str, k: int) -> dict[str, dict[str, float]]:
   """Scores each query's top `depth` first-stage candidates only; candidates missing from the index are counted."""
-  where = {}
-  for info in index.manifest["shards"]:
-    for row, doc_id in enumerate(index.shard(info["index"]).ids):
-      where[doc_id] = (info["index"], row)
-  shards: dict[int, doc_index.Shard] = {}
+  where = index.locations
   run, missing = {}, 0
   for i, qid in enumerate(qids):
     ranked = sorted(first.get(qid, {}).items(), key=lambda item: (-item[1], item[0]))[:depth]
@@ -157,15 +153,8 @@ def _rerank(index: doc_index.DocIndex, q: Encoded, qids: list[str], first: dict[
     if not candidates:
       run[qid] = {}
       continue
-    parts = []
-    for doc_id in candidates:
-      shard_index, row = where[doc_id]
-      shard = shards.setdefault(shard_index, index.shard(shard_index))
-      parts.append(_shard_encoded(shard, [row]))
-    length = max(p.tokens.shape[1] for p in parts)
-    pad = lambda a: np.pad(a, [(0, 0), (0, length - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
-    docs = Encoded(np.concatenate([pad(p.tokens) for p in parts]), np.concatenate([pad(p.mask) for p in parts]),
-                   np.concatenate([pad(p.maxsim_mask) for p in parts]), np.concatenate([p.pooled for p in parts]))
+    tokens, mask, pooled = index.gather(candidates)
+    docs = Encoded(tokens, mask, mask, pooled)
     scores, rows = rank(q.take(np.asarray([i])), docs, scorer, k=min(k, len(candidates)))
     run[qid] = {candidates[r]: float(s) for s, r in zip(scores[0], rows[0])}
   if missing:

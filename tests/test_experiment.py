@@ -3,6 +3,7 @@ seed once (a rerun skips them), and its table's means equal the evaluations' own
 import csv
 import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -45,7 +46,17 @@ def test_dry_run_checks_configs_sources_and_collections(tmp_path, files, capsys)
       experiment.main(path, str(tmp_path / "w"), dry=True)
 
 
-@pytest.mark.parametrize("spec", sorted(str(p) for p in pathlib.Path(experiment.REPO, "experiments").glob("*.py")))
+def _shipped_specs() -> list[str]:
+  """Every experiments/*.py, with each of its VARIANTS (`FILE:VARIANT`)."""
+  out = []
+  for path in sorted(pathlib.Path(experiment.REPO, "experiments").glob("*.py")):
+    variants = re.search(r"^VARIANTS = \(([^)]*)\)", path.read_text(), re.M)
+    names = [v.strip().strip("'\"") for v in variants.group(1).split(",") if v.strip()] if variants else [""]
+    out += [f"{path}:{v}" if v else str(path) for v in names]
+  return out
+
+
+@pytest.mark.parametrize("spec", _shipped_specs())
 def test_every_shipped_spec_passes_its_dry_run(spec, tmp_path):
   plan = experiment.main(spec, str(tmp_path), dry=True)["plan"]
   assert plan and all(entry["store"].startswith(str(tmp_path / "stores")) for entry in plan)

@@ -97,3 +97,34 @@ def test_interrupted_build_resumes_and_a_changed_corpus_is_refused(corpus, tmp_p
     doc_index.build(str(tmp_path / "a"), documents[:-1], encode, identity=identity, docs_per_shard=5)
   with pytest.raises(UserError, match="not an index"):
     doc_index.DocIndex(str(tmp_path / "nothing"))
+
+
+def test_evaluate_reads_an_index_instead_of_encoding(corpus, tmp_path):
+  """eval.index: the same runs as encoding the documents again (the index stores what evaluation computes)."""
+  from optical_jax import evaluate
+  from optical_jax.data import collections as collections_lib
+  from optical_jax.retrieval.evaluation import System
+  root, docs, queries = corpus
+  (root / "qrels.tsv").write_text("".join(f"q{i}\t0\td{3 * i}\t1\n" for i in range(5)))
+  out = tmp_path / "index"
+  assert cli.main(["index", "--config", CONFIG, "--config.data.bitext=unused.tsv", "--collection",
+                   str(root / "docs.jsonl"), "--out", str(out), "--docs-per-shard", "9"]) == 0
+  collection = collections_lib.file_collection(str(root / "queries.tsv"), str(root / "docs.jsonl"),
+                                               str(root / "qrels.tsv"), name="mine")
+  student = models.from_pretrained(root / "student")
+  runs = {}
+  for name, index in (("encoded", ""), ("indexed", str(out))):
+    config = config_lib.load_config(CONFIG, ["data.bitext=unused.tsv", f"eval.index={index}", "eval.k=10"])
+    teacher = load_teacher(config)
+    summary = evaluate.run_evaluation(config, [collection], [System("s", student)], teacher, tmp_path / name)
+    assert summary["collections"]["mine"]["index"] == index
+    runs[name] = {s: trec.read_run(tmp_path / name / f"s_{s}" / "mine.run") for s in ("maxsim", "pooled")}
+  for scorer, run in runs["encoded"].items():
+    for qid, ranked in run.items():
+      assert list(runs["indexed"][scorer][qid]) == list(ranked)
+      np.testing.assert_allclose(list(runs["indexed"][scorer][qid].values()), list(ranked.values()), atol=1e-5)
+  # An index of another token rule, or passages asked of whole-document vectors, is refused by name.
+  for override, message in (("eval.maxsim_tokens=all", "maxsim_tokens"), ("eval.doc_window=5", "doc_window")):
+    config = config_lib.load_config(CONFIG, ["data.bitext=unused.tsv", f"eval.index={out}", override])
+    with pytest.raises(UserError, match=message):
+      evaluate.open_indexes(config, load_teacher(config))

@@ -6,7 +6,8 @@ Layout of INDEX/:
   progress-p{process:03d}.json       per-process list of complete shards (resume; several hosts).
   shard-{i:05d}.tokens.npy           [T, D] float16: the MaxSim tokens of the shard's documents, one after another
   shard-{i:05d}.offsets.npy          [n + 1] int64: document j's tokens are rows offsets[j] .. offsets[j + 1]
-  shard-{i:05d}.pooled.npy           [n, D] float16: unit mean-pooled vectors (over every real token)
+  shard-{i:05d}.pooled.npy           [n, D] float32: unit mean-pooled vectors (over every real token), as evaluation
+                                     computes them, so an evaluation reading the index scores what re-encoding would
   shard-{i:05d}.ids.json             [n] document ids
 
 The .npy files are opened memory-mapped, so a search holds one shard (plus the running top k) in RAM at a time.
@@ -16,6 +17,7 @@ complete, so an interrupted run, rerun, continues after its last complete shard.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ import numpy as np
 from optical_jax.errors import UserError
 from optical_jax.files import write_text_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pooled vectors in float32
 MANIFEST = "manifest.json"
 FILES = ("tokens", "offsets", "pooled", "ids")
 IDENTITY = ("teacher", "teacher_checksum", "prefix", "max_len", "maxsim_tokens", "dim")
@@ -50,7 +52,7 @@ class Shard:
   ids: list[str]
   tokens: np.ndarray   # [T, D] float16 (memory-mapped)
   offsets: np.ndarray  # [n + 1] int64
-  pooled: np.ndarray   # [n, D] float16
+  pooled: np.ndarray   # [n, D] float32
 
   def padded(self, rows: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """([n, L, D] float32 tokens, [n, L] bool mask) of the given rows (all by default), L = the longest."""
@@ -98,7 +100,7 @@ def build(root: str, documents: Sequence[tuple[str, str]], encode_fn: Callable[[
     counts = real.sum(1)
     arrays = {"tokens": enc.tokens[real].astype(np.float16),
               "offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-              "pooled": enc.pooled.astype(np.float16)}
+              "pooled": enc.pooled.astype(np.float32)}
     files = {}
     for part in FILES:
       path = os.path.join(root, _name(shard, part))
@@ -149,6 +151,43 @@ class DocIndex:
         for part, digest in shard["sha256"].items():
           if _sha256(os.path.join(root, _name(shard["index"], part))) != digest:
             raise UserError(f"{root}/{_name(shard['index'], part)}: sha256 differs from the manifest's: rebuild")
+
+  def covers(self, doc_ids) -> bool:
+    return all(d in self.locations for d in doc_ids)
+
+  @functools.cached_property
+  def locations(self) -> dict[str, tuple[int, int]]:
+    """document id -> (shard index, row in the shard)."""
+    where = {}
+    for info in self.manifest["shards"]:
+      path = os.path.join(self.root, _name(info["index"], "ids"))
+      for row, doc_id in enumerate(json.loads(open(path, encoding="utf-8").read())):
+        where[doc_id] = (info["index"], row)
+    return where
+
+  def gather(self, doc_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([n, L, D] float16 MaxSim tokens, [n, L] bool mask, [n, D] float32 pooled) of these documents, in this
+    order; L = the longest. Reads one shard at a time."""
+    where = [self.locations[d] for d in doc_ids]
+    counts = np.zeros(len(doc_ids), np.int64)
+    by_shard: dict[int, list[tuple[int, int]]] = {}
+    for i, (shard, row) in enumerate(where):
+      by_shard.setdefault(shard, []).append((i, row))
+    shards = {}
+    for shard in by_shard:
+      shards[shard] = self.shard(shard)
+      for i, row in by_shard[shard]:
+        counts[i] = shards[shard].offsets[row + 1] - shards[shard].offsets[row]
+    dim = int(self.manifest["dim"])
+    tokens = np.zeros((len(doc_ids), max(int(counts.max(initial=0)), 1), dim), np.float16)
+    pooled = np.zeros((len(doc_ids), dim), np.float32)
+    for shard, rows in by_shard.items():
+      s = shards.pop(shard)  # one shard's memory map open at a time
+      for i, row in rows:
+        tokens[i, :counts[i]] = s.tokens[s.offsets[row]:s.offsets[row] + counts[i]]
+        pooled[i] = s.pooled[row]
+    mask = np.arange(tokens.shape[1])[None, :] < counts[:, None]
+    return tokens, mask, pooled
 
   @property
   def num_docs(self) -> int:

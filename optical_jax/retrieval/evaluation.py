@@ -31,6 +31,7 @@ from optical_jax import metrics as train_metrics
 from optical_jax import sharding as sharding_lib
 from optical_jax.data import collections as collections_lib
 from optical_jax.errors import UserError
+from optical_jax.retrieval import encode as encode_lib
 from optical_jax.retrieval import metrics as metrics_lib
 from optical_jax.retrieval import passages
 from optical_jax.retrieval import trec
@@ -72,12 +73,13 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
                      k: int = 100, max_len_query: int = 48, max_len_doc: int = 48, batch_size: int = 64,
                      maxsim_tokens: str = "content", metrics: Sequence[str] = METRICS,
                      shard: bool = True, doc_window: int = 0, doc_stride: int = 0,
-                     doc_aggregate: str = "maxp") -> dict[str, Any]:
+                     doc_aggregate: str = "maxp", indexes: Sequence[Any] = ()) -> dict[str, Any]:
   """Runs every system on every collection; writes runs, qrels and metrics.json into out_dir; returns metrics.
 
   With several devices and `shard`, encoding batches and document chunks are split over all of them. With
   doc_window > 0, documents are searched as passages of that many words (retrieval/passages.py) and scored by
-  doc_aggregate.
+  doc_aggregate. `indexes` (retrieval.doc_index.DocIndex, built by the same teacher with the same prefix and token
+  rule: the caller checks) replace encoding for every document length one of them was built at and fully covers.
   """
   for s in scorers:
     if s not in SCORERS:
@@ -99,12 +101,24 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   # Documents are encoded once per length: a collection may ask for longer ones (e.g. passages).
   doc_len = lambda c: c.max_len_doc or max_len_doc
   encoded_docs = {}  # length -> (unit ids, id -> row, Encoded)
+  sources = {}  # length -> the index it was read from
   for length in sorted({doc_len(c) for c in collections}):
     ids = list(dict.fromkeys(d for c in collections if doc_len(c) == length for d in units[c.name]))
-    log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
-    encoded_docs[length] = (ids, {d: i for i, d in enumerate(ids)}, encode_texts(
-        doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length, batch_size=batch_size, head=False,
-        maxsim_tokens=maxsim_tokens, mesh=mesh, desc="documents (teacher)"))
+    index = next((x for x in indexes if x.manifest["max_len"] == length and x.covers(ids)), None)
+    if index is not None:
+      log.info("reading %d English documents (up to %d tokens) from the index %s", len(ids), length, index.root)
+      tokens, mask, pooled = index.gather(ids)
+      encoded = encode_lib.Encoded(tokens, mask, mask, pooled)
+      sources[length] = index.root
+    else:
+      if indexes:
+        log.warning("no index covers the %d documents of up to %d tokens (indexes hold %s tokens): encoding them",
+                    len(ids), length, sorted({x.manifest["max_len"] for x in indexes}))
+      log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
+      encoded = encode_texts(doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length,
+                             batch_size=batch_size, head=False, maxsim_tokens=maxsim_tokens, mesh=mesh,
+                             desc="documents (teacher)")
+    encoded_docs[length] = (ids, {d: i for i, d in enumerate(ids)}, encoded)
   for c in collections:
     trec.write_qrels(os.path.join(out_dir, f"{c.name}.qrels"), c.qrels)
 
@@ -147,7 +161,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
       "collections": {c.name: {"queries": len(c.queries), "documents": len(c.documents),
                                "relevant": sum(len(j) for j in c.qrels.values()), "exclude_self": c.exclude_self,
                                "language": c.language, "description": c.description,
-                               "max_len_doc": doc_len(c), "passages": len(units[c.name])} for c in collections},
+                               "max_len_doc": doc_len(c), "passages": len(units[c.name]),
+                               "index": sources.get(doc_len(c), "")} for c in collections},
       "doc_window": doc_window, "doc_stride": doc_stride or doc_window, "doc_aggregate": doc_aggregate,
       "scorers": list(scorers), "maxsim_tokens": maxsim_tokens, "k": k, "metrics": list(metrics),
       "seconds": {"total": time.perf_counter() - started, **timings},

@@ -1,7 +1,12 @@
-"""Ranking metrics with trec_eval semantics, written in numpy/python (pytrec_eval is only the test reference).
+"""Ranking metrics with trec_eval semantics, written in numpy/python (pytrec_eval and ir_measures are only the test
+references: tests/retrieval/test_metrics.py, tests/retrieval/test_metrics_ir_measures.py).
 
-Metric names: "map", "map@K", "ndcg", "ndcg@K", "mrr", "mrr@K", "recall@K", "p@K" (K a positive integer).
-trec_eval equivalents: map, map_cut.K, ndcg, ndcg_cut.K, recip_rank, (recip_rank on the top K), recall.K, P.K.
+Metric names: "map", "map@K", "ndcg", "ndcg@K", "mrr", "mrr@K", "recall@K", "p@K", "judged@K" (K a positive integer),
+e.g. ndcg@20, recall@1000, judged@10.
+trec_eval equivalents: map, map_cut.K, ndcg, ndcg_cut.K, recip_rank, (recip_rank on the top K), recall.K, P.K; judged@K
+has none (it would be P.K at a relevance level below every grade, which pytrec_eval cannot take) and follows
+ir_measures' Judged@K.
+ir_measures names: AP, AP@K, nDCG, nDCG@K, RR, RR@K, R@K, P@K, Judged@K.
 
 Semantics (checked against pytrec_eval, which wraps trec_eval 9):
 - Ranking: score descending, ties by docid descending in byte order (trec_eval sorts by sim, then strcmp(docno) desc;
@@ -10,10 +15,18 @@ Semantics (checked against pytrec_eval, which wraps trec_eval 9):
 - nDCG uses the grade itself as the gain (negative grades count 0) and the discount log2(rank + 1); the ideal ranking
   is every judged document sorted by gain, cut at the same depth. MAP and MRR use the whole ranking; MRR@K only the
   top K. P@K divides by K even when fewer than K documents were retrieved.
+- Judged@K (as ir_measures): the fraction of the top K retrieved documents that have any qrels entry for the query,
+  whatever its grade (0 and negative included). Unlike P@K it divides by min(K, number retrieved), so a short ranking
+  of judged documents scores 1; nothing retrieved scores 0 (where ir_measures would divide by zero).
+- Ties under ir_measures: its trec_eval-backed measures (AP, nDCG, RR, R@K, P@K) break ties as above, but its own
+  RR@K (MS MARCO code) and Judged@K sort equal scores by docid ascending, so on tied scores they can disagree with
+  ours and with trec_eval; rankings without ties agree.
 - Which queries count (our convention, = `trec_eval -c`): every query in the qrels with at least one relevant
   document. Queries in the qrels with no relevant document are skipped (trec_eval would report them as 0).
   Queries in the qrels but missing from the run score 0 on every metric (plain trec_eval and pytrec_eval leave them
-  out of the mean). Queries in the run but not in the qrels are ignored. The mean is over the counted queries.
+  out of the mean; ir_measures reports them as 0, like us). Queries in the run but not in the qrels are ignored. The
+  mean is over the counted queries, so it differs from ir_measures' mean when the qrels hold queries without a
+  relevant document (ir_measures counts those: 0 on most metrics, but Judged@K can be above 0).
 """
 from __future__ import annotations
 
@@ -30,12 +43,12 @@ from optical_jax.retrieval.trec import rank_documents
 
 DEFAULT_METRICS = ("map", "ndcg@10", "mrr@10", "recall@100", "p@10")
 
-_NAME = re.compile(r"^(map|ndcg|mrr|recall|p)(?:@([1-9][0-9]*))?$")
+_NAME = re.compile(r"^(map|ndcg|mrr|recall|p|judged)(?:@([1-9][0-9]*))?$")
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricSpec:
-  """A parsed metric name: kind in {map, ndcg, mrr, recall, p}; cutoff None = the whole ranking."""
+  """A parsed metric name: kind in {map, ndcg, mrr, recall, p, judged}; cutoff None = the whole ranking."""
   name: str
   kind: str
   cutoff: int | None
@@ -45,9 +58,10 @@ def parse_metric(name: str) -> MetricSpec:
   """'ndcg@10' -> MetricSpec('ndcg@10', 'ndcg', 10). Unknown names raise UserError."""
   m = _NAME.match(name.strip().lower())
   if not m:
-    raise UserError(f"unknown metric {name!r}; use map, map@K, ndcg, ndcg@K, mrr, mrr@K, recall@K or p@K")
+    raise UserError(f"unknown metric {name!r}; use map, map@K, ndcg, ndcg@K, mrr, mrr@K, recall@K, p@K or judged@K "
+                    f"(e.g. ndcg@20, recall@1000, judged@10)")
   kind, cutoff = m.group(1), m.group(2)
-  if kind in ("recall", "p") and cutoff is None:
+  if kind in ("recall", "p", "judged") and cutoff is None:
     raise UserError(f"metric {name!r} needs a cutoff, e.g. {kind}@10")
   return MetricSpec(name, kind, int(cutoff) if cutoff else None)
 
@@ -81,6 +95,9 @@ def _query_metrics(judged: Mapping[str, int], doc_scores: Mapping[str, float],
       out[spec.name] = float(np.sum(relevant[:k])) / num_rel
     elif spec.kind == "p":
       out[spec.name] = float(np.sum(relevant[:k])) / k
+    elif spec.kind == "judged":
+      top = ranked[:k]
+      out[spec.name] = sum(d in judged for d in top) / len(top) if top else 0.0
   return out
 
 
