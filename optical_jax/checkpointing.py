@@ -14,10 +14,14 @@ where there is no rename, it writes `commit_success.txt` last), so a failed or k
 checkpoint, and it deletes the old steps beyond `keep` only after the new one is committed. A step that is complete
 but unreadable (a file deleted, truncated or corrupted afterwards) is what `restore_latest` handles: it falls back
 to the next older step and moves the bad one aside to `corrupt-STEP`.
+
+`BestCheckpoint` keeps, in `WORKDIR/best`, the params of the dev evaluation with the best `train.best_metric`.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import sys
 from typing import Any
@@ -30,25 +34,32 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from optical_jax.errors import UserError
+from optical_jax.files import write_text_atomic
 
 log = logging.getLogger("optical_jax")
 
 _CPU_HANDLER_REGISTERED = False
 
 
+def _absolute(directory: str | epath.Path) -> epath.Path:
+  # Orbax's tensorstore reads need an absolute local path: a relative workdir would fail on restore.
+  return epath.Path(directory) if "://" in str(directory) else epath.Path(directory).resolve()
+
+
+def _register_cpu_handler() -> None:
+  global _CPU_HANDLER_REGISTERED
+  if jax.default_backend() == "cpu" and not _CPU_HANDLER_REGISTERED:
+    # Replica-parallel saving slices every replicated array per device, compiling one tiny program per device and
+    # shape: tens of seconds on simulated CPU meshes for nothing. Accelerators keep orbax's default.
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    _CPU_HANDLER_REGISTERED = True
+
+
 class Checkpointer:
   def __init__(self, directory: str | epath.Path, *, keep: int = 2, async_save: bool = True):
-    # Orbax's tensorstore reads need an absolute local path: a relative workdir would fail on restore.
-    self.directory = epath.Path(directory)
-    if "://" not in str(directory):
-      self.directory = self.directory.resolve()
-    global _CPU_HANDLER_REGISTERED
-    if jax.default_backend() == "cpu" and not _CPU_HANDLER_REGISTERED:
-      # Replica-parallel saving slices every replicated array per device, compiling one tiny program per device and
-      # shape: tens of seconds on simulated CPU meshes for nothing. Accelerators keep orbax's default.
-      ocp.type_handlers.register_type_handler(
-          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-      _CPU_HANDLER_REGISTERED = True
+    self.directory = _absolute(directory)
+    _register_cpu_handler()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._item_handlers: dict[str, Any] = {}  # restore_latest's readers, made on first use
@@ -166,6 +177,124 @@ class Checkpointer:
       self._manager.close()
       for handler in self._item_handlers.values():
         handler.close()
+
+
+class BestCheckpoint:
+  """`WORKDIR/best`: the params of the dev evaluation with the best `metric` so far (`train.best_metric`).
+
+  Params only: it is there to be exported (`export.load_student(..., checkpoint="best")`), never resumed from. Each
+  orbax step holds the params and a JSON record {step, metric, mode, value}, committed together; `best.json` beside
+  them is process 0's copy of the record for people and scripts, written once the step is committed (and again at
+  start, in case a run was killed in between). orbax keeps one step, chosen by the metric, so the previous best is
+  deleted only after the new one is committed.
+
+  Multi-process runs: every process calls `start`, `update` and `close` with the same arguments (the dev scores are
+  replicated, so every process takes the same decision); process 0 alone writes best.json.
+  """
+
+  def __init__(self, directory: str | epath.Path, metric: str = "", mode: str = "max", *, async_save: bool = True):
+    """`metric` "" opens it for `restore` alone (export: the kept step's record names its metric)."""
+    if mode not in ("max", "min"):
+      raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    self.directory = _absolute(directory)
+    self.metric, self.mode = metric, mode
+    self.record: dict[str, Any] | None = None  # the kept step's
+    self._unwritten: dict[str, Any] | None = None  # a record whose step may still be saving
+    _register_cpu_handler()
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, best_fn=(lambda m: m[metric]) if metric else None, best_mode=mode,
+        enable_async_checkpointing=async_save, create=bool(metric), read_only=not metric)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def start(self, resumed: bool) -> dict[str, Any] | None:
+    """Takes up the kept best if this run continues its history; returns its record (None: nothing kept yet).
+
+    A run that starts from step 0 (no training checkpoint) replays nothing of the history the kept step came from,
+    and a step kept by another metric or mode cannot be compared: both are deleted, as metrics.jsonl's rows after the
+    last checkpoint are. A resumed run keeps the record even if its step is past the resume step: batches are a
+    pure function of (seed, step), so the replayed evaluations reach that value again and never beat it.
+    """
+    self._manager.reload()
+    steps = self._manager.all_steps()
+    record, cause = None, None
+    if steps:
+      try:
+        record = max((self._read_record(s) for s in steps), key=self._key)
+      except Exception as e:  # pylint: disable=broad-except
+        cause = f"unreadable ({_one_line(e)})"
+      if jax.process_count() > 1:  # one outcome on every process: the deletes below are collective
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(cause is not None))).reshape(-1)
+        if cause is None and failed.any():
+          cause = f"unreadable on process(es) {np.flatnonzero(failed).tolist()}"
+    if cause is None and record is not None:
+      if not resumed:
+        cause = "this run starts from step 0"
+      elif (record.get("metric"), record.get("mode")) != (self.metric, self.mode):
+        cause = f"it was kept by {record.get('metric')} ({record.get('mode')})"
+    if cause is not None:
+      log.warning("%s: deleting the kept best step(s) %s: %s", self.directory, steps, cause)
+      for step in steps:
+        self._manager.delete(step)
+      record = None
+    self.record = record
+    if jax.process_index() == 0:
+      if record is not None:
+        write_text_atomic(self.directory / "best.json", json.dumps(record, sort_keys=True) + "\n")
+      elif (self.directory / "best.json").exists():
+        (self.directory / "best.json").unlink()
+    return record
+
+  def update(self, step: int, scores: dict[str, float], params: Any) -> bool:
+    """Saves `params` as the new best if `scores[metric]` beats the kept value (strictly); returns whether it did."""
+    self._write_json(wait=False)
+    value = float(scores[self.metric])
+    if not math.isfinite(value) or (self.record is not None and self._key({"value": value}) <= self._key(self.record)):
+      return False
+    record = {"step": int(step), "metric": self.metric, "mode": self.mode, "value": value}
+    if step in self._manager.all_steps():
+      # Only a resumed run whose replay did not reach the kept value bit for bit gets here; orbax never overwrites.
+      self._manager.wait_until_finished()
+      self._manager.delete(step)
+    self._manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                     meta=ocp.args.JsonSave(record)),
+                       metrics={self.metric: value}, force=True)  # force: a lower step than the kept one is fine
+    self.record = self._unwritten = record
+    return True
+
+  def restore(self, abstract_params: Any, shardings: Any) -> tuple[dict[str, Any], Any]:
+    """(record, params) of the kept step, each array placed with the matching sharding; UserError if none."""
+    self._manager.wait_until_finished()
+    self._manager.reload()
+    steps = self._manager.all_steps()
+    if not steps:
+      raise UserError(f"{self.directory}: no best checkpoint: train with train.best_metric set")
+    records = {s: self._read_record(s) for s in steps}
+    step = max(steps, key=lambda s: self._key(records[s]))  # two only while a new best's old one is being deleted
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_params, shardings)
+    restored = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+    return records[step], restored.params
+
+  def _read_record(self, step: int) -> dict[str, Any]:
+    return dict(ocp.JsonCheckpointHandler().restore(self.directory / str(step) / "meta", args=ocp.args.JsonRestore()))
+
+  def _key(self, record: dict[str, Any]) -> float:
+    """Larger is better, whatever the mode (a record's own mode for the ones read back)."""
+    return record["value"] if record.get("mode", self.mode) == "max" else -record["value"]
+
+  def _write_json(self, wait: bool) -> None:
+    if self._unwritten is None or (not wait and self._manager.is_saving_in_progress()):
+      return
+    # Immediate when the save is over; raises if it failed, so best.json never names an uncommitted step.
+    self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      write_text_atomic(self.directory / "best.json", json.dumps(self._unwritten, sort_keys=True) + "\n")
+    self._unwritten = None
+
+  def close(self) -> None:
+    try:
+      self._write_json(wait=True)  # Raises again if the save failed: the manager must be closed anyway.
+    finally:
+      self._manager.close()
 
 
 def _is_masked(x: Any) -> bool:

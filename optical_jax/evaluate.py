@@ -19,8 +19,9 @@ from optical_jax import student as student_lib
 from optical_jax import config as config_lib
 from optical_jax.config import split_list
 from optical_jax.data import collections as collections_lib
-from optical_jax.data.teacher import load_teacher
+from optical_jax.data.teacher import load_teacher, teacher_identity
 from optical_jax.errors import UserError
+from optical_jax.retrieval import doc_index
 from optical_jax.retrieval.evaluation import System, evaluate_systems
 
 
@@ -33,11 +34,14 @@ def eval_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def load_collections(ev: ml_collections.ConfigDict) -> list[collections_lib.EvalCollection]:
-  """eval.collections (built-in names, or BEIR folders as `DIR` / `DIR@SPLIT`) and eval.files (your own files)."""
+  """eval.collections (built-in names, `irds:NAME` ir_datasets datasets, or BEIR folders as `DIR` / `DIR@SPLIT`) and
+  eval.files (your own files)."""
   names, out = [], []
   for entry in split_list(ev.collections):
     folder, _, split = entry.partition("@")
-    if os.path.isdir(folder):
+    if entry.startswith(collections_lib.IRDS_PREFIX):  # NAME has slashes but is never a folder
+      names.append(entry)
+    elif os.path.isdir(folder):
       out.append(collections_lib.beir_collection(folder, split or "test"))
     elif "/" in folder or os.sep in folder:
       raise UserError(f"eval.collections: {folder}: no such folder (a BEIR folder holds corpus.jsonl, "
@@ -83,13 +87,35 @@ def baseline_systems(config: ml_collections.ConfigDict, teacher) -> list[System]
   return out
 
 
+def open_indexes(config: ml_collections.ConfigDict, teacher) -> list[doc_index.DocIndex]:
+  """eval.index: indexes built by `optical-jax index`, checked to hold this teacher's documents as evaluation
+  encodes them (weights, passage prefix, MaxSim token rule)."""
+  ev = eval_config(config)
+  dirs = split_list(ev.index)
+  if dirs and ev.doc_window:
+    raise UserError("eval.index holds whole documents; eval.doc_window > 0 searches passages: set one of them")
+  want = {"teacher_checksum": teacher_identity(config, teacher)["teacher_checksum"],
+          "prefix": config.teacher.passage_prefix, "maxsim_tokens": ev.maxsim_tokens}
+  out = []
+  for path in dirs:
+    index = doc_index.DocIndex(path)
+    for key, value in want.items():
+      if index.manifest.get(key) != value:
+        raise UserError(f"eval.index: {path}: built with {key}={index.manifest.get(key)!r}, this evaluation uses "
+                        f"{value!r}; rebuild it with `optical-jax index` and this config")
+    out.append(index)
+  return out
+
+
 def run_evaluation(config: ml_collections.ConfigDict, collections, systems: Sequence[System], teacher,
                    out_dir) -> dict[str, Any]:
   ev = eval_config(config)
+  indexes = open_indexes(config, teacher)
   return evaluate_systems(collections, systems, teacher, out_dir, doc_prefix=config.teacher.passage_prefix,
                           scorers=split_list(ev.scorers), k=ev.k, max_len_query=ev.max_len_query,
                           max_len_doc=ev.max_len_doc, batch_size=ev.batch_size, maxsim_tokens=ev.maxsim_tokens,
-                          doc_window=ev.doc_window, doc_stride=ev.doc_stride, doc_aggregate=ev.doc_aggregate)
+                          doc_window=ev.doc_window, doc_stride=ev.doc_stride, doc_aggregate=ev.doc_aggregate,
+                          indexes=indexes)
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool = True) -> dict[str, Any]:

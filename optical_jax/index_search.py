@@ -36,7 +36,9 @@ log = logging.getLogger("optical_jax")
 
 
 def collection_documents(entry: str, ev: ml_collections.ConfigDict) -> dict[str, str]:
-  """The documents of a built-in collection name, a BEIR folder (DIR[@SPLIT]), or a documents file (JSONL/TSV)."""
+  """The documents of a built-in collection name, `irds:NAME`, a BEIR folder (DIR[@SPLIT]), or a documents file."""
+  if entry.startswith(collections_lib.IRDS_PREFIX):
+    return collections_lib.irds_collection(entry[len(collections_lib.IRDS_PREFIX):]).documents
   path = entry.partition("@")[0]
   if os.path.isdir(path):
     return collections_lib.beir_collection(path, entry.partition("@")[2] or "test").documents

@@ -1,7 +1,9 @@
 """The training loop: init or resume, step, log, checkpoint, stop cleanly on SIGTERM.
 
 Resuming is the default: rerunning the same command on the same workdir continues from the newest checkpoint and,
-because batches are a pure function of (seed, step), ends with the same student an uninterrupted run gives.
+because batches are a pure function of (seed, step), ends with the same student an uninterrupted run gives. With
+`train.best_metric`, the params of the best dev evaluation so far are kept in WORKDIR/best besides (a resumed run
+takes up the best it had: checkpointing.BestCheckpoint).
 
 Multi-process runs (distributed.py): every process runs this same loop on its rows of each global batch; process 0
 alone writes config.json and metrics; every process takes part in each checkpoint save. A SIGTERM on any process
@@ -140,6 +142,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   is_lead = jax.process_index() == 0
   mesh = sharding_lib.create_mesh(config.mesh)
   config_lib.validate(config, num_devices=mesh.size)
+  if config.train.wandb and is_lead:
+    metrics_lib.require_wandb()  # now, rather than after the data is built
   if is_lead:
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, config)
@@ -162,6 +166,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
     log.info("resumed from step %d", start)
   if is_lead:
     _truncate_metrics(workdir, start)
+  best = None
+  if config.train.best_metric:
+    best = checkpointing.BestCheckpoint(workdir / "best", config.train.best_metric, config.train.best_mode)
+    if best.start(resumed=restored is not None) is not None:
+      log.info("best %s so far: %.4f at step %d", best.metric, best.record["value"], best.record["step"])
 
   total_steps = config.train.steps
   rows = sharding_lib.process_batch_slice(config.train.batch_size, mesh)
@@ -175,7 +184,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   if config.train.eval_every and data.dev is not None:
     dev_fn = dev_eval.make_dev_eval(student.module, data.dev, mesh)
   step_fn = train_step_lib.jit_train_step(student.module, tx, config, mesh, state_shardings, data.spec)
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_lead)
+  writer = metrics_lib.MetricWriter(
+      workdir, enabled=is_lead, wandb_project=config.train.wandb_project if config.train.wandb else "",
+      run_config=json.loads(config_lib.to_json(config)))
   show_progress = metrics_lib.progress_enabled() if progress is None else progress
   bar = None
   if show_progress and is_lead:
@@ -193,7 +204,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       # Multi-process: a SIGTERM on any process stops all at one agreed step (a tiny all-reduce, see StopVote).
       vote = distributed.StopVote(mesh, every=config.train.stop_vote_every)
       if dev_fn is not None and start == 0:
-        _dev_eval(dev_fn, state.params, 0, writer, summary, clock)  # the untrained student: the curve's origin
+        _dev_eval(dev_fn, state.params, 0, writer, summary, clock, best)  # the untrained student: the curve's origin
       if start >= total_steps:
         log.info("already trained to step %d (train.steps=%d)", start, total_steps)
       for step, local_batch in stream.iterate(start) if start < total_steps else ():
@@ -220,7 +231,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
         pending = (done, device_metrics)
         stop_now = vote(stop.requested, step)  # The same on every process.
         if dev_fn is not None and (done % config.train.eval_every == 0 or done == total_steps):
-          _dev_eval(dev_fn, state.params, done, writer, summary, clock)
+          _dev_eval(dev_fn, state.params, done, writer, summary, clock, best)
         if done % config.train.checkpoint_every == 0 or done == total_steps or stop_now:
           checkpointer.save(done, state, {"step": done, "data_position": done, "seed": config.seed}, force=stop_now)
           saved = done
@@ -241,20 +252,29 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       distributed.exit_now(e, saved)  # Never returns: skips the `finally`, whose waits could block.
     raise
   finally:
-    checkpointer.close()
-    writer.close()
+    try:
+      checkpointer.close()
+    finally:
+      if best is not None:
+        best.close()
+      writer.close()
     if bar is not None:
       bar.close()
   summary.update({"final_step": step, "recompilations_after_first_step": compiles_after_first,
                   "batch_lengths_compiled": [list(s) for s in clock.shapes]})
+  if best is not None and best.record is not None:
+    summary.update({"best_step": best.record["step"], "best_value": best.record["value"]})
   return summary
 
 
-def _dev_eval(dev_fn, params, step: int, writer, summary: dict[str, Any], clock: StepClock) -> None:
+def _dev_eval(dev_fn, params, step: int, writer, summary: dict[str, Any], clock: StepClock,
+              best: checkpointing.BestCheckpoint | None) -> None:
   jax.block_until_ready(params)  # the steps dispatched so far are train-step time; the dev pass after them is not
   started = time.perf_counter()
   scores = dev_fn(params)
   writer.write(step, scores)
+  if best is not None and best.update(step, scores, params):  # before the next step donates these buffers
+    log.info("step %d: new best %s %.4f, params kept in %s", step, best.metric, scores[best.metric], best.directory)
   log.info("step %d dev: %s (%.1f s)", step, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()),
            time.perf_counter() - started)
   summary.update(scores)

@@ -1,6 +1,6 @@
 """`optical-jax export --format`: transformers and sentence-transformers load the export and give optical_jax's own
-vectors (to 1e-4); optical_jax.json names the prompts, the paired teacher and the MaxSim token rule; the model card
-carries the evaluation table."""
+vectors (to 1e-4), and the PyLate layout gives its MaxSim scores (to 1e-4); optical_jax.json names the prompts, the
+paired teacher and the MaxSim token rule; the model card carries the evaluation table."""
 import json
 
 import numpy as np
@@ -67,3 +67,53 @@ def test_hf_export_loads_in_transformers_with_the_same_hidden_states(trained, tm
   np.testing.assert_allclose(np.where(real, got, 0), np.where(real, expected, 0), atol=1e-4)
   assert json.loads((out / "optical_jax.json").read_text())["format"] == "hf"
   assert not (out / "modules.json").exists()
+
+
+DOCS = ["good morning", "god is very good", "the first word and the second and the third", "a",
+        "news of the day, told twice: news of the day"]
+
+
+def test_pylate_export_gives_our_maxsim_scores_in_multi_vector_encoder(trained, tmp_path):
+  """PyLate itself cannot be installed beside our transformers pin; sentence-transformers' MultiVectorEncoder reads
+  PyLate checkpoints (it maps pylate.models.Dense.Dense and PyLate's config knobs onto its own modules)."""
+  from sentence_transformers import MultiVectorEncoder
+  from optical_jax import config as config_lib
+  from optical_jax.data.teacher import load_teacher
+  from optical_jax.retrieval import search
+  out = tmp_path / "pylate"
+  assert cli.main(["export", "--workdir", str(trained), "--out", str(out), "--format", "pylate"]) == 0
+  queries = TEXTS + ["neno " * 30]  # the last is cut to 48 tokens on both sides, its final special token kept
+  ours = models.from_pretrained(out)
+  q = encode_texts(ours, queries, prefix="q: ", max_len=48, batch_size=8)
+  teacher = load_teacher(config_lib.from_json(trained / "config.json"))
+  d = encode_texts(teacher, DOCS, prefix="p: ", max_len=48, batch_size=8, head=False)  # as evaluation encodes them
+  expected = np.asarray(search.maxsim_scores(q.tokens, q.maxsim_mask, d.tokens, d.maxsim_mask))
+
+  model = MultiVectorEncoder(str(out), device="cpu")
+  assert model[0].query_expansion is None and model.prompts == {"query": "q: ", "document": "p: "}
+  meta = json.loads((out / "optical_jax.json").read_text())
+  window = meta["query_token_slice"]
+  assert meta["format"] == "pylate" and (window["start"], window["stop"]) == (4, -1)  # [CLS], "q", ":", " "
+  vectors = model.encode_query(queries, convert_to_numpy=True)  # every real token, prompt included
+  assert [len(v) for v in vectors] == list(q.mask.sum(1))
+  scored = [v[window["start"]:window["stop"]] for v in vectors]
+  scored = [s if len(s) else v for s, v in zip(scored, vectors)]
+  assert [len(s) for s in scored] == list(q.maxsim_mask.sum(1))
+  docs = [t[m].astype(np.float32) for t, m in zip(d.tokens, d.maxsim_mask)]
+  docs = [t / np.linalg.norm(t, axis=1, keepdims=True) for t in docs]
+  got = model.similarity(scored, docs, length_normalize=True).cpu().numpy()  # "meanmaxsim": our mean reduction
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  every_token = model.similarity(vectors, docs, length_normalize=True).cpu().numpy()
+  assert np.abs(every_token - expected).max() > 1e-3  # the slice is what makes the scores ours
+  summed = model.similarity(scored, docs).cpu().numpy()  # PyLate's MaxSim: the sum, the same ranking
+  np.testing.assert_allclose(summed / q.maxsim_mask.sum(1, keepdims=True), expected, atol=1e-4)
+
+  # What PyLate reads: its own layout, with its defaults ([Q]/[D] tokens, [MASK] expansion, punctuation) off.
+  settings = json.loads((out / "config_sentence_transformers.json").read_text())
+  assert settings["model_type"] == "ColBERT" and settings["query_prefix"] == settings["document_prefix"] == ""
+  assert settings["do_query_expansion"] is False and settings["skiplist_words"] == []
+  assert settings["query_length"] == settings["document_length"] == 48
+  assert [m["type"] for m in json.loads((out / "modules.json").read_text())] == [
+      "sentence_transformers.models.Transformer", "pylate.models.Dense.Dense"]
+  card = (out / "README.md").read_text()
+  assert "| toy |" in card and "vectors[4:-1]" in card and "query encoder" in card and "`random`" in card

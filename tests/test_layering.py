@@ -9,7 +9,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "optical_jax"
 # Modules that run a command end to end: nothing below them may import them.
 ORCHESTRATORS = ("optical_jax.cli", "optical_jax.train", "optical_jax.precompute", "optical_jax.evaluate",
                  "optical_jax.export", "optical_jax.demo", "optical_jax.bench", "optical_jax.index_search",
-                 "optical_jax.experiment")
+                 "optical_jax.experiment", "optical_jax.pretrain")
 # Who may import an orchestrator (its own package, and the commands above it).
 ALLOWED_ABOVE = {
     "optical_jax.cli": ("optical_jax.__main__",),
@@ -21,6 +21,7 @@ ALLOWED_ABOVE = {
     "optical_jax.bench": ("optical_jax.cli",),
     "optical_jax.index_search": ("optical_jax.cli",),
     "optical_jax.experiment": ("optical_jax.cli",),
+    "optical_jax.pretrain": ("optical_jax.cli",),
 }
 
 

