@@ -19,7 +19,7 @@ from optical_jax import student as student_lib
 from optical_jax import config as config_lib
 from optical_jax.config import split_list
 from optical_jax.data import collections as collections_lib
-from optical_jax.data.teacher import load_teacher, teacher_identity
+from optical_jax.data.teacher import load_teacher, teacher_head, teacher_identity
 from optical_jax.errors import UserError
 from optical_jax.retrieval import doc_index
 from optical_jax.retrieval.evaluation import System, evaluate_systems
@@ -79,9 +79,10 @@ def baseline_systems(config: ml_collections.ConfigDict, teacher) -> list[System]
   out = []
   for name in split_list(config.eval.baselines):
     if name == "teacher_en":
-      out.append(System("teacher_en", teacher, config.teacher.query_prefix, head=False, english=True))
+      out.append(System("teacher_en", teacher, config.teacher.query_prefix, head=teacher_head(teacher),
+                        english=True))
     elif name == "teacher_lr":
-      out.append(System("teacher_lr", teacher, config.teacher.query_prefix, head=False))
+      out.append(System("teacher_lr", teacher, config.teacher.query_prefix, head=teacher_head(teacher)))
     elif name == "zero_shot":
       out.append(System("zero_shot", student_lib.initial_encoder(config), config.student.prefix))
   return out

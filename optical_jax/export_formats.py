@@ -19,7 +19,8 @@ metadata other tools need (prompts, the paired teacher, the MaxSim token rule), 
 optical_jax.json records how to score with MaxSim, which sentence-transformers' single vector cannot do: which
 tokens take part (`maxsim_tokens`), the query and passage prefixes, and the teacher whose document vectors the
 student's tokens were aligned to (path and checksum): query vectors of this student only make sense against
-documents that teacher encoded (its last hidden states, no head): a multi-vector library encoding documents with
+documents that teacher encoded (its last hidden states, through its linear head if it is a ColBERT checkpoint):
+a multi-vector library encoding documents with
 this student gets vectors the student was never scored against.
 """
 from __future__ import annotations
@@ -158,7 +159,8 @@ def _pylate_card(metadata: dict[str, Any]) -> list[str]:
           "MultiVectorEncoder's default `maxsim` sum instead (the same ranking), MultiVectorEncoder's `meanmaxsim` "
           "(or `similarity(..., length_normalize=True)`) gives our score.",
           f"- Documents: this is a query encoder. Score against the paired teacher `{teacher}`'s document token "
-          f"vectors (its last hidden states, prefix {metadata['passage_prefix']!r}, at most "
+          f"vectors (its last hidden states, through its linear head if it is a ColBERT checkpoint, prefix "
+          f"{metadata['passage_prefix']!r}, at most "
           f"{metadata['max_len_doc']} tokens, {metadata['maxsim_tokens']} tokens as above), e.g. from "
           "`optical-jax index`. `encode(..., is_query=False)` / `encode_document` here would encode documents "
           "with the student, which is not what it was trained or evaluated against: the \"document\" prompt and "

@@ -25,7 +25,7 @@ from optical_jax import models
 from optical_jax import sharding as sharding_lib
 from optical_jax.config import split_list
 from optical_jax.data import collections as collections_lib
-from optical_jax.data.teacher import load_teacher, teacher_identity
+from optical_jax.data.teacher import load_teacher, teacher_head, teacher_identity
 from optical_jax.errors import UserError
 from optical_jax.retrieval import doc_index, trec
 from optical_jax.retrieval.collection import read_texts
@@ -68,8 +68,8 @@ def build_index(config: ml_collections.ConfigDict, collection: str, out: str, *,
   if jax.device_count() > 1 and jax.process_count() == 1:
     mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   encode_fn = lambda texts: encode_texts(teacher, texts, prefix=config.teacher.passage_prefix, max_len=max_len,
-                                         batch_size=ev.batch_size, head=False, maxsim_tokens=ev.maxsim_tokens,
-                                         mesh=mesh)
+                                         batch_size=ev.batch_size, head=teacher_head(teacher),
+                                         maxsim_tokens=ev.maxsim_tokens, mesh=mesh)
   started = time.perf_counter()
   with tqdm.tqdm(total=len(documents), desc="index", unit="doc", disable=not metrics_lib.progress_enabled()) as bar:
     manifest = doc_index.build(out, documents, encode_fn, identity=identity, docs_per_shard=docs_per_shard,

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 from typing import Any
 
@@ -18,6 +19,9 @@ import numpy as np
 from etils import epath
 
 from optical_jax.errors import UserError
+
+
+_TB_UNSAFE = re.compile(r"[^\w./-]")
 
 
 def progress_enabled() -> bool:
@@ -94,7 +98,8 @@ class MetricWriter:
     for k, v in values.items():
       row[k] = v if math.isfinite(v) else str(v)
       if self._tb is not None and math.isfinite(v):
-        self._tb.add_scalar(k, v, int(step))
+        # TensorBoard tags allow [\w./-]: say "dev_mrr_at_10" rather than have tensorboardX log a rename each time.
+        self._tb.add_scalar(_TB_UNSAFE.sub("_", k.replace("@", "_at_")), v, int(step))
     if self._wandb is not None:
       self._wandb.log(values, step=int(step))  # non-finite ones too: a diverging loss should show there as well
     line = json.dumps(row, sort_keys=True)

@@ -17,7 +17,7 @@ from optical_jax import sharding as sharding_lib
 from optical_jax.data import encoding, pipeline, teacher_store
 from optical_jax.data.bitext import load_training_bitext, teacher_keys
 from optical_jax.data.report import DataReport
-from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
+from optical_jax.data.teacher import load_teacher, store_root, teacher_head, teacher_identity
 
 log = logging.getLogger("optical_jax")
 
@@ -39,7 +39,7 @@ def precompute_teacher(config: ml_collections.ConfigDict, workdir: str) -> teach
   teacher = load_teacher(config)
   mesh = sharding_lib.create_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)))
   encode_fn = encoding.make_encode_fn(teacher, max_len=config.data.max_len_teacher, mesh=mesh,
-                                      batch_size=config.data.teacher_batch_size,
+                                      batch_size=config.data.teacher_batch_size, head=teacher_head(teacher),
                                       length_buckets=pipeline.teacher_buckets(buckets, config.data.max_len_student,
                                                                               config.data.max_len_teacher))
   meta = dict(teacher_identity(config, teacher), dtype=config.data.teacher_dtype,

@@ -3,12 +3,16 @@
 A directory written by `save_pretrained` is what transformers' PyTorch `BertModel` / `XLMRobertaModel` / `AutoModel`
 load (config.json, model.safetensors with HF key names, tokenizer files). An optional projection head lives beside it
 in `optical_jax_head.safetensors`, announced by an "optical_jax" field in config.json; transformers ignores both.
+`from_pretrained` also reads a ColBERT checkpoint (PyLate / sentence-transformers layout, or Stanford ColBERT): its
+linear head becomes the projection head.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
+import logging
 import os
 import tempfile
 from typing import Any
@@ -22,6 +26,8 @@ import safetensors.numpy
 
 from optical_jax.errors import UserError
 from optical_jax.models.bert import BertEncoder, EncoderConfig
+
+log = logging.getLogger("optical_jax")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -54,7 +60,10 @@ class Encoder:
 
   Attributes: module (BertEncoder), params (nested dict of float32 jax arrays, unboxed), tokenizer (transformers
   tokenizer or None), config (EncoderConfig), extra (what the encoder does not use but an export keeps: the
-  pooler weights under "pooler", the source config.json under "hf_config").
+  pooler weights under "pooler", the source config.json under "hf_config"; and where it came from: "model_dir" when
+  the HF files sat in a sentence-transformers subfolder, "colbert" for a ColBERT checkpoint whose linear head is the
+  projection head: {"format": "pylate" | "stanford", "query_prefix", "document_prefix" (the text prefixes it
+  declares, [Q] / [D] markers included), "markers", "head_files" (the Dense modules' files)}).
   """
 
   def __init__(self, module: BertEncoder, params: dict, config: EncoderConfig, tokenizer=None,
@@ -292,25 +301,228 @@ def _read_head(file: epath.Path, config: EncoderConfig) -> dict:
   return {"kernel": state["projection.kernel"].astype(np.float32), "bias": state["projection.bias"].astype(np.float32)}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# ColBERT checkpoints: the transformer plus the linear head that projects each token vector.
+#
+# PyLate / sentence-transformers layout: modules.json lists a Transformer (HF files in the root or its `path`) and
+# then token-level Dense modules (folders with config.json {in_features, out_features, bias, activation_function}
+# and `linear.weight` [out, in], maybe `linear.bias`); config_sentence_transformers.json names the [Q] / [D] marker
+# prefixes and the prompts. Stanford ColBERT: an HF directory whose weights also hold `linear.weight` (no bias),
+# with the marker tokens in artifact.metadata.
+
+MODULES_FILE = "modules.json"
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+STANFORD_METADATA_FILE = "artifact.metadata"
+_STANFORD_HEAD = ("linear.weight", "linear.bias")
+_DENSE_KEYS = ("linear.weight", "linear.bias", "residual.weight")
+_IDENTITY = ("torch.nn.modules.linear.Identity", "torch.nn.Identity")
+_PYLATE_DENSE = "pylate.models.Dense.Dense"
+
+
+def _read_json(file: epath.Path) -> Any:
+  try:
+    return json.loads(file.read_text())
+  except json.JSONDecodeError as e:
+    raise UserError(f"{file}: invalid JSON ({e})") from None
+
+
+def _kind(module: dict) -> str:
+  return str(module.get("type", "")).rsplit(".", 1)[-1]
+
+
+def _module_dir(root: epath.Path, module: dict) -> epath.Path:
+  return root / module["path"] if module.get("path") else root
+
+
+def _st_layout(path: epath.Path) -> tuple[epath.Path, list[tuple[epath.Path, dict]]]:
+  """(the directory of the HF model files, the token-level Dense modules that follow the Transformer as (folder,
+  modules.json entry)); (path, []) for a plain HF directory."""
+  file = path / MODULES_FILE
+  if not file.exists():
+    return path, []
+  modules = _read_json(file)
+  if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+    raise UserError(f"{file}: expected a list of modules")
+  kinds = [_kind(m) for m in modules]
+  if "Transformer" not in kinds:
+    raise UserError(f"{file}: no Transformer module (types: {', '.join(kinds) or 'none'})")
+  first = kinds.index("Transformer")
+  token_level = []
+  for module, kind in zip(modules[first + 1:], kinds[first + 1:]):
+    if kind == "Pooling":
+      break  # a Dense after pooling projects the one sentence vector (a single-vector model): not a token head
+    token_level.append((module, kind))
+  dense_at = [i for i, (_, kind) in enumerate(token_level) if kind == "Dense"]
+  if not dense_at:
+    return _module_dir(path, modules[first]), []
+  # Only Dense modules may come between the transformer and the head's output: anything else (a Normalize, a
+  # LayerNorm) would change the vectors in a way the projection head cannot reproduce.
+  other = [kind for module, kind in token_level[:dense_at[-1]] if kind != "Dense"]
+  if other:
+    raise UserError(f"{file}: a {other[0]} module sits between the Transformer and the Dense head; only a chain of "
+                    "linear Dense modules can be loaded as the projection head")
+  return _module_dir(path, modules[first]), [(_module_dir(path, m), m) for m, _ in token_level[:dense_at[-1] + 1]]
+
+
+def _read_dense(folder: epath.Path, module: dict, d_in: int) -> tuple[np.ndarray, np.ndarray, list[epath.Path]]:
+  """One Dense module as float64 (kernel [in, out], bias [out]) and the files it was read from."""
+  settings_file = folder / CONFIG_FILE
+  if not settings_file.exists():
+    raise UserError(f"{settings_file}: not found (the Dense module listed in {MODULES_FILE})")
+  settings = _read_json(settings_file)
+  # PyLate's Dense is linear unless told otherwise; sentence-transformers' defaults to Tanh.
+  default = _IDENTITY[0] if module.get("type") == _PYLATE_DENSE else "torch.nn.modules.activation.Tanh"
+  activation = settings.get("activation_function") or default
+  if activation not in _IDENTITY:
+    raise UserError(f"{settings_file}: activation_function {activation!r}: only a linear (Identity) Dense can be "
+                    "loaded as the projection head")
+  try:
+    d_out, declared_in = int(settings["out_features"]), int(settings["in_features"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise UserError(f"{settings_file}: needs integer in_features and out_features ({e})") from None
+  if declared_in != d_in:
+    raise UserError(f"{settings_file}: in_features={declared_in}, but the vectors reaching it have dim {d_in}")
+  if (folder / WEIGHTS_FILE).exists():
+    weights_file = folder / WEIGHTS_FILE
+    state = _read_safetensors(weights_file)
+  elif (folder / TORCH_WEIGHTS_FILE).exists():
+    weights_file = folder / TORCH_WEIGHTS_FILE
+    state = _read_torch_bin(weights_file)
+  else:
+    raise UserError(f"{folder}: no {WEIGHTS_FILE} or {TORCH_WEIGHTS_FILE} for the Dense module")
+  unexpected = sorted(set(state) - set(_DENSE_KEYS))
+  if unexpected:
+    raise UserError(f"{weights_file}: unexpected weight(s) {', '.join(map(repr, unexpected))} in a Dense module")
+
+  def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in state:
+      raise UserError(f"{weights_file}: missing weight {key!r}")
+    if state[key].shape != shape:
+      raise UserError(f"{weights_file}: weight {key!r} has shape {state[key].shape}, config.json implies {shape}")
+    return np.asarray(state[key], np.float64)
+
+  kernel = take("linear.weight", (d_out, d_in)).T
+  bias = take("linear.bias", (d_out,)) if settings.get("bias", True) else np.zeros(d_out)
+  if settings.get("use_residual"):
+    # act(linear(x)) + residual(x) with an identity activation is affine too.
+    kernel = kernel + (np.eye(d_in) if d_in == d_out else take("residual.weight", (d_out, d_in)).T)
+  return kernel, bias, [settings_file, weights_file]
+
+
+def _stanford_head(state: dict[str, np.ndarray], hidden: int, source: str) -> tuple[np.ndarray, np.ndarray] | None:
+  """Pops a Stanford ColBERT `linear.weight` [dim, hidden] (and a bias, if any) out of the encoder's weights."""
+  if _STANFORD_HEAD[0] not in state:
+    return None
+  weight = np.asarray(state.pop(_STANFORD_HEAD[0]), np.float64)
+  if weight.ndim != 2 or weight.shape[1] != hidden:
+    raise UserError(f"{source}: weight 'linear.weight' has shape {weight.shape}, a ColBERT head needs [dim, {hidden}]")
+  bias = state.pop(_STANFORD_HEAD[1], None)
+  if bias is not None and np.shape(bias) != (weight.shape[0],):
+    raise UserError(f"{source}: weight 'linear.bias' has shape {np.shape(bias)}, expected ({weight.shape[0]},)")
+  return weight.T, np.zeros(weight.shape[0]) if bias is None else np.asarray(bias, np.float64)
+
+
+def _declared_prefixes(path: epath.Path, model_dir: epath.Path, fmt: str) -> tuple[dict[str, str], list[str]]:
+  """({"query": text prefix, "document": text prefix} the checkpoint encodes with, its marker prefixes)."""
+  if fmt == "stanford":
+    file = model_dir / STANFORD_METADATA_FILE
+    meta = _read_json(file) if file.exists() else {}
+    # Stanford ColBERT inserts these vocabulary tokens after [CLS]; the defaults are its own.
+    markers = {"query": (meta.get("query_token_id") or "[unused0]") + " ",
+               "document": (meta.get("doc_token_id") or "[unused1]") + " "}
+    return dict(markers), list(markers.values())
+  file = path / ST_CONFIG_FILE
+  settings = _read_json(file) if file.exists() else {}
+  prompts = settings.get("prompts") or {}
+  out, markers = {}, []
+  for role, key in (("query", "query_prefix"), ("document", "document_prefix")):
+    marker = settings.get(key) or ""
+    # PyLate puts its marker token ahead of the prompt text (sentence-transformers' MultiVectorEncoder composes
+    # them the same way).
+    out[role] = marker + (prompts.get(role) or "").removeprefix(marker)
+    if marker:
+      markers.append(marker)
+  return out, markers
+
+
+def _register_markers(tokenizer, markers: list[str]) -> list[str]:
+  """Makes each marker the checkpoint inserts as one token id (Stanford's [unused1], PyLate's added "[D] ") come
+  out as that one piece when it is prepended as text, as sentence-transformers' MultiVectorEncoder does: a plain
+  tokenizer shatters "[unused1]" into "[", "unused", "##1", "]". Only markers the vocabulary already holds: no new
+  ids. Returns the markers registered."""
+  if tokenizer is None:
+    return []
+  from transformers import AddedToken  # pylint: disable=g-import-not-at-top
+  added = set(getattr(tokenizer, "added_tokens_encoder", None) or {})
+  vocab = tokenizer.get_vocab()
+  register = []
+  for value in markers:
+    if not value.split():
+      continue
+    for marker in (value, value.split(None, 1)[0]):  # PyLate adds "[D] " with its space as one token
+      if marker not in added and marker not in vocab:
+        continue
+      if tokenizer.tokenize(marker) != [marker]:
+        register.append(marker)
+      break
+  if register:
+    # add_tokens, not add_special_tokens: its keyword for extending the list was renamed in transformers 5.
+    tokenizer.add_tokens([AddedToken(m, normalized=False, special=True) for m in register], special_tokens=True)
+  return register
+
+
+def _colbert_head(path: epath.Path, model_dir: epath.Path, dense: list[tuple[epath.Path, dict]],
+                  state: dict[str, np.ndarray], hidden: int, source: str
+                  ) -> tuple[dict | None, str, list[epath.Path]]:
+  """(the head as our {"kernel" [H, D], "bias" [D]} float32 or None, "pylate" | "stanford" | "", its files)."""
+  files: list[epath.Path] = []
+  if dense:
+    kernel, bias = np.eye(hidden), np.zeros(hidden)
+    for folder, module in dense:
+      k, b, read = _read_dense(folder, module, kernel.shape[1])
+      # Linear layers compose into one: W2 (W1 x + b1) + b2.
+      kernel, bias = kernel @ k, bias @ k + b
+      files += read
+    if _STANFORD_HEAD[0] in state:
+      log.warning("%s: ignoring 'linear.weight' in the transformer weights: %s lists the Dense head", source,
+                  path / MODULES_FILE)
+      for key in _STANFORD_HEAD:
+        state.pop(key, None)
+    fmt = "pylate"
+  else:
+    head = _stanford_head(state, hidden, source)
+    if head is None:
+      return None, "", []
+    (kernel, bias), fmt = head, "stanford"
+  if kernel.shape == (hidden, hidden) and np.array_equal(kernel, np.eye(hidden)) and not bias.any():
+    # What `optical-jax export --format pylate` writes for a student without a head: no head at all.
+    return None, "", []
+  return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}, fmt, files
+
+
 def from_pretrained(path: str | os.PathLike, *, projection_dim: int = 0, normalize: bool = False,
                     dtype: str = "float32") -> Encoder:
-  """Load a Hugging Face BERT / XLM-R directory (local or gs://).
+  """Load a Hugging Face BERT / XLM-R directory (local or gs://), or a ColBERT checkpoint with its linear head.
 
-  A head saved by `save_pretrained` is restored; `projection_dim` > 0 on a directory without one adds a fresh head
-  (seed 0); `normalize=True` turns on L2 normalisation of the head output.
+  A head saved by `save_pretrained` is restored. Otherwise a ColBERT checkpoint's head becomes the projection head
+  (projection_dim = its out_features, no normalisation: `head=True` gives the projected token vectors ColBERT
+  L2-normalises): a PyLate / sentence-transformers layout (modules.json: a Transformer, then token-level Dense
+  modules with no activation; several compose into one) or a Stanford ColBERT directory (`linear.weight` in the
+  weights). Its [Q] / [D] marker prefixes are logged, recorded in `extra["colbert"]` and made single tokens of the
+  tokenizer; nothing prepends them: pass them as the text prefix (teacher.query_prefix / teacher.passage_prefix).
+  `projection_dim` > 0 on a directory without a head adds a fresh one (seed 0); `normalize=True` turns on L2
+  normalisation of the head output.
   """
   path = epath.Path(path)
-  config_file = path / CONFIG_FILE
+  model_dir, dense = _st_layout(path)
+  config_file = model_dir / CONFIG_FILE
   if not config_file.exists():
     raise UserError(f"{config_file}: not found (expected a Hugging Face model directory)")
-  try:
-    hf_config = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise UserError(f"{config_file}: invalid JSON ({e})") from None
+  hf_config = _read_json(config_file)
   stored = hf_config.get("optical_jax") or {}
   stored_dim = int(stored.get("projection_dim", 0))
-  if stored_dim and not (path / HEAD_FILE).exists():
-    raise UserError(f"{config_file}: optical_jax.projection_dim={stored_dim} but {path / HEAD_FILE} is missing")
+  if stored_dim and not (model_dir / HEAD_FILE).exists():
+    raise UserError(f"{config_file}: optical_jax.projection_dim={stored_dim} but {model_dir / HEAD_FILE} is missing")
   if projection_dim and stored_dim and projection_dim != stored_dim:
     raise UserError(f"projection_dim={projection_dim} conflicts with the saved head ({stored_dim}) in {path}")
   try:
@@ -319,13 +531,36 @@ def from_pretrained(path: str | os.PathLike, *, projection_dim: int = 0, normali
   except (UserError, TypeError) as e:
     raise UserError(f"{config_file}: {e}") from None
 
-  state, source = _read_state(path)
+  state, source = _read_state(model_dir)
+  colbert, fmt, head_files = None, "", []
+  if not stored_dim:  # our own head, when saved, is the one trained: a Dense beside it is its export
+    colbert, fmt, head_files = _colbert_head(path, model_dir, dense, state, config.hidden_size, source)
+  if colbert is not None:
+    dim = colbert["kernel"].shape[1]
+    if projection_dim and projection_dim != dim:
+      raise UserError(f"projection_dim={projection_dim} conflicts with the ColBERT head ({config.hidden_size} -> "
+                      f"{dim}) in {path}")
+    config = dataclasses.replace(config, projection_dim=dim)
   params, extra = _convert_from_hf(state, config, source)
   extra["hf_config"] = hf_config
-  if config.projection_dim:
-    params["projection"] = _read_head(path / HEAD_FILE, config) if stored_dim else _new_head(config, seed=0)
+  if model_dir != path:
+    extra["model_dir"] = os.fspath(model_dir)
+  if colbert is not None:
+    params["projection"] = colbert
+  elif config.projection_dim:
+    params["projection"] = _read_head(model_dir / HEAD_FILE, config) if stored_dim else _new_head(config, seed=0)
   params = jax.tree.map(jnp.asarray, params)
-  return Encoder(BertEncoder(config), params, config, _load_tokenizer(path), extra)
+  tokenizer = _load_tokenizer(model_dir)
+  if colbert is not None:
+    prefixes, markers = _declared_prefixes(path, model_dir, fmt)
+    registered = _register_markers(tokenizer, markers)
+    extra["colbert"] = {"format": fmt, "query_prefix": prefixes["query"], "document_prefix": prefixes["document"],
+                        "markers": markers, "head_files": [os.fspath(f) for f in head_files]}
+    log.info("%s: %s ColBERT checkpoint, its linear head (%d -> %d) loaded as the projection head; it encodes "
+             "queries with the prefix %r and documents with %r%s", path, fmt, config.hidden_size, dim,
+             prefixes["query"], prefixes["document"],
+             f" (marker tokens {', '.join(map(repr, registered))} kept whole)" if registered else "")
+  return Encoder(BertEncoder(config), params, config, tokenizer, extra)
 
 
 def save_pretrained(encoder: Encoder, path: str | os.PathLike) -> None:

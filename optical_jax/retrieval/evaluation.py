@@ -30,6 +30,7 @@ import tqdm
 from optical_jax import metrics as train_metrics
 from optical_jax import sharding as sharding_lib
 from optical_jax.data import collections as collections_lib
+from optical_jax.data.teacher import teacher_head
 from optical_jax.errors import UserError
 from optical_jax.retrieval import encode as encode_lib
 from optical_jax.retrieval import metrics as metrics_lib
@@ -80,6 +81,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   doc_window > 0, documents are searched as passages of that many words (retrieval/passages.py) and scored by
   doc_aggregate. `indexes` (retrieval.doc_index.DocIndex, built by the same teacher with the same prefix and token
   rule: the caller checks) replace encoding for every document length one of them was built at and fully covers.
+  A teacher with a projection head (a ColBERT checkpoint's) encodes documents through it, and so does every system
+  that runs the teacher itself (teacher_en, teacher_lr): its queries must be in its documents' space.
   """
   for s in scorers:
     if s not in SCORERS:
@@ -116,8 +119,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
                     len(ids), length, sorted({x.manifest["max_len"] for x in indexes}))
       log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
       encoded = encode_texts(doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length,
-                             batch_size=batch_size, head=False, maxsim_tokens=maxsim_tokens, mesh=mesh,
-                             desc="documents (teacher)")
+                             batch_size=batch_size, head=teacher_head(doc_encoder), maxsim_tokens=maxsim_tokens,
+                             mesh=mesh, desc="documents (teacher)")
     encoded_docs[length] = (ids, {d: i for i, d in enumerate(ids)}, encoded)
   for c in collections:
     trec.write_qrels(os.path.join(out_dir, f"{c.name}.qrels"), c.qrels)
@@ -129,8 +132,11 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
     texts = sorted({t for c in collections if _query_texts(system, c) for t in _query_texts(system, c).values()})
     if not texts:
       continue
+    # The teacher's baselines ask for no head (an HF teacher has none); a ColBERT teacher's documents went through
+    # its head, so its own queries must too.
+    head = system.head or (system.encoder is doc_encoder and teacher_head(doc_encoder))
     enc = encode_texts(system.encoder, texts, prefix=system.prefix, max_len=max_len_query, batch_size=batch_size,
-                       head=system.head, maxsim_tokens=maxsim_tokens, mesh=mesh, desc=f"queries ({system.name})")
+                       head=head, maxsim_tokens=maxsim_tokens, mesh=mesh, desc=f"queries ({system.name})")
     text_row = {t: i for i, t in enumerate(texts)}
     jobs = [(c, s) for c in collections if _query_texts(system, c) for s in scorers]
     for c, scorer in tqdm.tqdm(jobs, desc=f"search ({system.name})", disable=not train_metrics.progress_enabled(), leave=False):
