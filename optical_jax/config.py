@@ -202,8 +202,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise UserError(f"config: student.trainable_layers must be >= 0, got {config.student.trainable_layers}")
   if config.train.eval_every < 0:
     raise UserError(f"config: train.eval_every must be >= 0, got {config.train.eval_every}")
+  if config.train.best_metric and not (config.train.eval_every > 0 and config.data.dev_pairs > 0):
+    raise UserError(f"config: train.best_metric={config.train.best_metric!r} is scored at the dev evaluations: set "
+                    "train.eval_every (e.g. 100) and data.dev_pairs (e.g. 256)")
+  if config.train.wandb and not config.train.wandb_project:
+    raise UserError("config: train.wandb=True needs a train.wandb_project name")
   if config.train.eval_every and not config.data.dev_pairs:
     raise UserError("config: train.eval_every needs held-out pairs to score: set data.dev_pairs (e.g. 256)")
+  _validate_augment(config)
   if config.data.length_group > 1 and not config.data.length_buckets:
     raise UserError("config: data.length_group groups batches by length bucket: set data.length_buckets too")
   _validate_length_buckets(config)
@@ -216,6 +222,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       raise UserError(
           f"config: train.batch_size={config.train.batch_size} is not divisible by the batch shards "
           f"mesh.data*mesh.fsdp={batch_shards}")
+
+
+def _validate_augment(config: ml_collections.ConfigDict) -> None:
+  """data.augment*: the form only; the lexicon itself is read when training starts (export and evaluate of a
+  finished run must not need it)."""
+  d = config.data
+  if not d.augment:
+    return
+  if not d.augment_lexicon.strip():
+    raise UserError(f"config: data.augment={d.augment!r} needs data.augment_lexicon (a TSV path or freedict:swh-eng)")
+  if not 0.0 < d.augment_fraction <= 1.0:
+    raise UserError(f"config: data.augment_fraction must be in (0, 1], got {d.augment_fraction}")
+  if d.bitext == "synthetic":
+    raise UserError("config: data.augment needs words: data.bitext='synthetic' has none")
+  if d.augment_direction == "to_source" and not (config.loss.english_weight or config.loss.english_mse_weight):
+    raise UserError("config: data.augment_direction='to_source' augments the English-side term's input: set "
+                    "loss.english_weight or loss.english_mse_weight > 0")
 
 
 def _validate_length_buckets(config: ml_collections.ConfigDict) -> None:
@@ -254,6 +277,10 @@ def _validate_eval(ev: ml_collections.ConfigDict) -> None:
   if ev.doc_window < 0 or not 0 <= ev.doc_stride <= max(ev.doc_window, 0):
     raise UserError(f"config: eval.doc_window must be >= 0 and eval.doc_stride in [0, doc_window], got "
                     f"{ev.doc_window} and {ev.doc_stride}")
+  for entry in split_list(ev.collections):
+    if entry.startswith("irds:") and not entry[len("irds:"):]:
+      raise UserError(f"config: eval.collections entry {entry!r} names no dataset: use irds:NAME (an ir_datasets "
+                      "dataset, e.g. irds:miracl/sw/dev)")
   for triple in (t.strip() for t in ev.files.split(";")):
     if triple and len(split_list(triple.partition("=")[2] if "=" in triple.split(",")[0] else triple)) != 3:
       raise UserError(f"config: eval.files entries must be '[NAME=]QUERIES,DOCUMENTS,QRELS' (several separated by "

@@ -72,6 +72,14 @@ SCHEMA: dict[str, Key] = {
     "data.teacher_dtype": Key(str, "float16", ("float16", "bfloat16", "float32"), "teacher store dtype"),
     "data.examples_per_shard": Key(int, 4096),
     "data.verify_store": Key(bool, True, doc="check every store shard's sha256 when training opens it"),
+    "data.augment": Key(str, "", ("", "code_switch"), '"code_switch": replace a fraction of the words with their '
+                                                      'lexicon translations, afresh every step ("" = off)'),
+    "data.augment_lexicon": Key(str, "", doc='code-switching lexicon: a TSV (word<TAB>english[<TAB>score]) or '
+                                             'freedict:swh-eng / freedict:eng-swh; several comma-separated'),
+    "data.augment_fraction": Key(float, 0.3, doc="share of the lexicon-covered words replaced in each example"),
+    "data.augment_direction": Key(str, "to_english", ("to_english", "to_source"),
+                                  '"to_english": source words -> English in the student\'s input; "to_source": '
+                                  "English words -> source in the English-side term's input"),
 
     "ot.epsilon": Key(float, doc="entropic regularisation; must match the cost scale (docs/method.md)"),
     "ot.iterations": Key(int, doc="fixed Sinkhorn iteration count"),
@@ -111,14 +119,39 @@ SCHEMA: dict[str, Key] = {
     "train.keep_checkpoints": Key(int, 2),
     "train.log_every": Key(int),
     "train.eval_every": Key(int, 0, doc="steps between dev retrieval scores (dev_mrr@10) in metrics.jsonl; 0 = off"),
+    "train.best_metric": Key(str, "", ("", "dev_mrr@10", "dev_top1"),
+                             'keep the params of the dev evaluation with the best value of this metric in WORKDIR/best '
+                             '(and best.json) for export; "" = off. Needs train.eval_every and data.dev_pairs'),
+    "train.best_mode": Key(str, "max", ("max", "min"), "whether a higher or a lower train.best_metric is better"),
+    "train.wandb": Key(bool, False, doc="also log the metrics to Weights & Biases (pip install 'optical-jax[wandb]'); "
+                                        "offline, into WORKDIR/wandb, unless WANDB_MODE says otherwise"),
+    "train.wandb_project": Key(str, "optical_jax", doc="the W&B project of train.wandb"),
     "train.max_consecutive_nonfinite": Key(int, 10, doc="skipped non-finite steps in a row before the run fails"),
     "train.stop_vote_every": Key(int, 1, doc="multi-host: steps between the all-process stop votes"),
 
+    # `optical-jax pretrain` (continued pre-training; the run itself uses train.*, its optimizer and mesh).
+    "pretrain.objective": Key(str, "mlm", ("mlm", "tlm"), '"mlm" = masked LM on monolingual text; "tlm" = '
+                                                            "translation LM: each bitext pair as one sequence"),
+    "pretrain.text": Key(str, "", doc="monolingual text files, one sentence per line (comma-separated; mlm only)"),
+    "pretrain.bitext": Key(str, "", doc="bitext sources as data.bitext (train split only: tfds:bible/* = Old "
+                                        "Testament): mlm reads their low-resource side, tlm both sides"),
+    "pretrain.heldout": Key(float, 0.05, doc="share of the texts held out for heldout_mlm_loss (by a hash of the "
+                                             "text: copies of a line stay together)"),
+    "pretrain.max_heldout": Key(int, 512, doc="held-out texts scored at each evaluation (the first ones)"),
+    "pretrain.eval_every": Key(int, 100, doc="steps between held-out MLM losses (0 = only at the start and end)"),
+    "pretrain.mask_prob": Key(float, 0.15, doc="share of each sequence's non-special tokens predicted "
+                                               "(80 % shown as the mask token, 10 % random, 10 % unchanged)"),
+    "pretrain.max_len": Key(int, 0, doc="sequence length; 0 = data.max_len_student (mlm) or twice it (tlm)"),
+
     "eval.system": Key(str, "", doc='name of the trained student ("" = from the loss weights)'),
-    "eval.collections": Key(str, "", doc="comma-separated: built-in collection names, and BEIR folders (DIR or "
+    "eval.collections": Key(str, "", doc="comma-separated: built-in collection names, irds:NAME (an ir_datasets "
+                                         "dataset, e.g. irds:clirmatrix/en/bi139-base/sw/test1; needs "
+                                         "optical-jax[irds], downloads on first use), and BEIR folders (DIR or "
                                          "DIR@SPLIT: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)"),
     "eval.files": Key(str, "", doc='your own collections: "[NAME=]QUERIES,DOCUMENTS,QRELS", several separated by ";" '
                                    "(qrels TREC or BEIR)"),
+    "eval.index": Key(str, "", doc="comma-separated `optical-jax index` folders: documents found there are read, "
+                                   "not encoded again (same teacher, passage prefix and token rule)"),
     "eval.num_verses": Key(int, 1000),
     "eval.num_topical": Key(int, 300),
     "eval.num_quran": Key(int, 0, doc="0 = all held-out Quran verses"),

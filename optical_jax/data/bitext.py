@@ -4,6 +4,10 @@
 `tfds:bible/sw_en@2,tfds:bible/bn_en@1` trains on both, drawing two Swahili pairs for each Bengali one (each source
 reshuffled on its own; see pipeline.batch_index_dataset). precompute-teacher and train both read the bitext here,
 so they always see the same examples in the same order: source by source, concatenated.
+
+`SPEC[synthetic]` (before or after `@WEIGHT`) flags a source of synthetic pairs (back-translated, or written by
+lexicon.write_word_by_word_bitext): it is read like any other, and the flag travels with it (`BitextSource`, the
+run's data description), so runs with and without it can be told apart and compared.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from optical_jax.data.report import DataReport
 from optical_jax.data.tfds_bitext import load_bitext
 from optical_jax.errors import UserError
 
+SYNTHETIC_FLAG = "[synthetic]"
 _TFDS_LANGUAGE = re.compile(r"^tfds:[^/]+/([a-z]{2,3})_[a-z]{2,3}(?:_[a-z0-9]+)?$")
 
 
@@ -28,6 +33,7 @@ class BitextSource:
   spec: str        # a tfds:NAME/CONFIG spec or a TSV/JSONL path / URI
   weight: float    # relative share of each global batch
   language: str    # the low-resource side's language, when the spec names it ("" otherwise)
+  synthetic: bool = False  # flagged `[synthetic]`: machine-made pairs, not a human translation
 
 
 def parse_sources(text: str) -> list[BitextSource]:
@@ -36,6 +42,8 @@ def parse_sources(text: str) -> list[BitextSource]:
   for part in (p.strip() for p in str(text).split(",")):
     if not part:
       continue
+    synthetic = part.endswith(SYNTHETIC_FLAG)
+    part = part.removesuffix(SYNTHETIC_FLAG)
     spec, sep, weight_text = part.rpartition("@")
     weight = 1.0
     if sep and re.fullmatch(r"[0-9]*\.?[0-9]+(e-?[0-9]+)?", weight_text):
@@ -44,8 +52,10 @@ def parse_sources(text: str) -> list[BitextSource]:
         raise UserError(f"data.bitext: the weight of {spec!r} must be > 0, got {weight_text}")
     else:
       spec = part
+    if spec.endswith(SYNTHETIC_FLAG):
+      synthetic, spec = True, spec.removesuffix(SYNTHETIC_FLAG)
     match = _TFDS_LANGUAGE.match(spec)
-    out.append(BitextSource(spec, weight, match.group(1) if match else ""))
+    out.append(BitextSource(spec, weight, match.group(1) if match else "", synthetic))
   if not out:
     raise UserError("data.bitext is empty; give a TSV/JSONL path or tfds:NAME/CONFIG (comma-separated for several)")
   specs = [s.spec for s in out]

@@ -21,6 +21,7 @@ batch `step` is still a pure function of (seed, step).
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import dataclasses
 import functools
 from typing import Callable, Iterator, Sequence
@@ -32,6 +33,16 @@ import numpy as np
 # bucket, "teacher_*" and "english_*" (the student run on the English side, tokenised to the teacher's length) to
 # the teacher bucket. Any other key is passed through unchanged.
 STUDENT_PREFIX, TEACHER_PREFIXES = "student_", ("teacher_", "english_")
+
+
+# The step whose rows are being loaded, for loaders whose rows depend on it (data/augment.py): set by
+# BatchStream.batch around load_rows, on the thread that loads, so it reaches through any wrapper of load_rows
+# (dev_eval.hold_out). None outside the training stream (the dev set, hard-negative mining).
+_LOADING_STEP: contextvars.ContextVar[int | None] = contextvars.ContextVar("optical_jax_loading_step", default=None)
+
+
+def loading_step() -> int | None:
+  return _LOADING_STEP.get()
 
 
 def batch_index_dataset(num_examples: int, global_batch_size: int, seed: int,
@@ -189,7 +200,11 @@ class BatchStream:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     global_indices = self.global_indices(step)
-    rows = self._load_rows(global_indices[self._rows])
+    token = _LOADING_STEP.set(step)
+    try:
+      rows = self._load_rows(global_indices[self._rows])
+    finally:
+      _LOADING_STEP.reset(token)
     if self._buckets is None:
       return rows
     # Chosen from the whole global batch, not this process's rows, so that every process cuts to the same length.

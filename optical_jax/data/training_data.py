@@ -4,18 +4,26 @@ configs/tiny.py); any other source is read by the bitext readers and joined by i
 """
 from __future__ import annotations
 
+import logging
+
 import ml_collections
 import numpy as np
 from etils import epath
 
 from optical_jax import dev_eval
-from optical_jax.data import hard_negatives, pipeline, store_join, synthetic, tokens
+from optical_jax.data import augment, bitext, hard_negatives, pipeline, store_join, synthetic, tokens
 from optical_jax.data.batch_spec import TrainingData, batch_spec
 
 
 def build(config: ml_collections.ConfigDict, workdir: epath.Path) -> TrainingData:
   """The training rows, without the dev pairs (`data.dev_pairs`), which come back in `.dev`."""
+  lexicon = augment.load_lexicon(config)  # before the data: a bad lexicon stops the run at once
   data = store_join.build(config, workdir) if config.data.bitext != "synthetic" else _synthetic(config)
+  data = augment.apply(config, workdir, data, lexicon)  # before the hold-out: dev rows keep their clean text
+  synthetic_sources = [s.spec for s in bitext.parse_sources(config.data.bitext) if s.synthetic]
+  if synthetic_sources:
+    logging.getLogger("optical_jax").info("synthetic bitext sources (flagged [synthetic]): %s",
+                                          ", ".join(synthetic_sources))
   return dev_eval.hold_out(data, config.data.dev_pairs, config.data.sample_seed)
 
 
