@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from optical_jax.errors import UserError
+from optical_jax.files import write_text_atomic
 
 
 _TB_UNSAFE = re.compile(r"[^\w./-]")
@@ -118,6 +119,15 @@ class MetricWriter:
     if self._wandb is not None:
       self._wandb.finish()
       self._wandb = None
+
+
+def truncate_after(workdir: epath.Path, last_step: int) -> None:
+  """Drops metric rows a killed run logged after its last checkpoint, so the resumed run does not repeat them."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return
+  keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+  write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def read_metrics(workdir: str | epath.Path) -> list[dict[str, Any]]:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
-import signal
 import time
 from typing import Any
 
@@ -43,6 +41,7 @@ from optical_jax import checkpointing
 from optical_jax import config as config_lib
 from optical_jax import distributed
 from optical_jax import metrics as metrics_lib
+from optical_jax import preemption
 from optical_jax import models
 from optical_jax import sharding as sharding_lib
 from optical_jax import student as student_lib
@@ -214,36 +213,6 @@ def jit_eval(model: MaskedLM, mesh, param_shardings, example_batch):
 # The loop.
 
 
-class _StopOnSigterm:
-  """SIGTERM (a preemption notice) sets `requested`: the loop then saves one checkpoint and returns."""
-
-  def __init__(self):
-    self.requested, self._previous = False, None
-
-  def __enter__(self):
-    def handler(signum, frame):
-      del frame
-      log.warning("signal %d received: saving a checkpoint and stopping", signum)
-      self.requested = True
-    try:
-      self._previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-      self._previous = None
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def _truncate_metrics(workdir: epath.Path, last_step: int) -> None:
-  # Rows a killed run logged after its last checkpoint: the resumed run logs those steps again.
-  path = workdir / "metrics.jsonl"
-  if path.exists():
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= last_step]
-    write_text_atomic(path, "".join(line + "\n" for line in keep))
-
-
 def _host_params(params: Any) -> Any:
   if jax.process_count() > 1:
     return multihost_utils.process_allgather(params, tiled=True)
@@ -315,7 +284,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str, stop_at: int | No
                       f"{config.seed}")
     log.info("resumed from step %d", start)
   if is_lead:
-    _truncate_metrics(workdir, start)
+    metrics_lib.truncate_after(workdir, start)
 
   batch_size, total = config.train.batch_size, config.train.steps
   rows = sharding_lib.process_batch_slice(batch_size, mesh)
@@ -347,7 +316,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: str, stop_at: int | No
 
   step = start
   try:
-    with _StopOnSigterm() as stop, sharding_lib.mesh_context(mesh):
+    with preemption.StopRequested() as stop, sharding_lib.mesh_context(mesh):
       vote = distributed.StopVote(mesh, every=config.train.stop_vote_every)
       eval_every = config.pretrain.eval_every
       if start == 0:

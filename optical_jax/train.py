@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from optical_jax import config as config_lib
 from optical_jax import dev_eval
 from optical_jax import distributed
 from optical_jax import metrics as metrics_lib
+from optical_jax import preemption
 from optical_jax import sharding as sharding_lib
 from optical_jax import student as student_lib
 from optical_jax import train_step as train_step_lib
@@ -37,29 +37,6 @@ from optical_jax.errors import UserError
 from optical_jax.files import write_text_atomic
 
 log = logging.getLogger("optical_jax")
-
-
-class _StopRequested:
-  """Set by SIGTERM (preemption notice) so the loop can save one checkpoint and exit 0."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    def handler(signum, frame):
-      del frame
-      log.warning("signal %d received: saving a checkpoint and stopping", signum)
-      self.requested = True
-    try:
-      self._previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # Not the main thread (e.g. under some test runners): no signal handling.
-      self._previous = None
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _write_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
@@ -76,15 +53,6 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     return [k for key in set(a) | set(b) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
   return [] if a == b else [prefix.rstrip(".")]
-
-
-def _truncate_metrics(workdir: epath.Path, last_step: int) -> None:
-  """Drops metric rows a killed run logged after its last checkpoint, so the resumed run does not repeat them."""
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return
-  keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-  write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | None = None) -> dict[str, Any]:
@@ -165,7 +133,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
       raise UserError(f"{workdir}: checkpoint was trained with seed {meta.get('seed')}, config.seed is {config.seed}")
     log.info("resumed from step %d", start)
   if is_lead:
-    _truncate_metrics(workdir, start)
+    metrics_lib.truncate_after(workdir, start)
   best = None
   if config.train.best_metric:
     best = checkpointing.BestCheckpoint(workdir / "best", config.train.best_metric, config.train.best_mode)
@@ -200,7 +168,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, *, progress: bool | 
   step = start
   saved = start
   try:
-    with _StopRequested() as stop, sharding_lib.mesh_context(mesh):
+    with preemption.StopRequested() as stop, sharding_lib.mesh_context(mesh):
       # Multi-process: a SIGTERM on any process stops all at one agreed step (a tiny all-reduce, see StopVote).
       vote = distributed.StopVote(mesh, every=config.train.stop_vote_every)
       if dev_fn is not None and start == 0:

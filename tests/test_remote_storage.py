@@ -77,7 +77,7 @@ def test_workdir_config_and_metric_truncation_on_gcs(gcs):
   train_lib._write_config(workdir, config)  # pylint: disable=protected-access
   assert json.loads((gcs / "bucket/run/config.json").read_text())["seed"] == config.seed
   (workdir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 10, 15)))
-  train_lib._truncate_metrics(workdir, 10)  # pylint: disable=protected-access
+  metrics_lib.truncate_after(workdir, 10)
   assert [r["step"] for r in metrics_lib.read_metrics(workdir)] == [5, 10]
 
 
