@@ -206,7 +206,7 @@ def test_gcs_workdir_best_effort(gcs, caplog):
 
 
 def test_one_tuple_names_the_locking_commands():
-  assert cli.LOCKING_COMMANDS == ("train", "precompute-teacher")
+  assert cli.LOCKING_COMMANDS == ("train", "precompute-teacher", "pretrain")
 
 
 @multiprocess
