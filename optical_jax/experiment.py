@@ -11,6 +11,9 @@ a CPU-sized variant of a grid):
   axis          optional {cell: number} (e.g. bitext pairs): learning curves over it instead of bars
   series        optional {cell: name}: which curve a cell belongs to (e.g. its objective); one curve otherwise
   collections   optional eval.collections; `files` optional eval.files (else the base config's)
+  pretrain      optional {NAME: (CONFIG, [overrides])}: continued pre-training runs (`optical-jax pretrain`) done
+                once in DIR/pretrain/NAME before the first cell that needs them; a cell override
+                `student.init=@pretrain:NAME` trains from that run's export
 
 For every cell and seed the runner trains (or resumes: rerunning skips what is done) in DIR/cells/CELL/seed_S and
 evaluates the student there. Teacher stores are shared by every run with the same data and teacher
@@ -42,7 +45,8 @@ from optical_jax.errors import UserError
 log = logging.getLogger("optical_jax")
 
 SPEC_KEYS = {"config", "overrides", "cells", "control", "seeds", "metrics", "axis", "series", "collections", "files",
-             "scorer"}
+             "scorer", "pretrain"}
+PRETRAIN_REF = "@pretrain:"  # a cell's `student.init=@pretrain:NAME`: the export of the spec's pretrain run NAME
 # Keys a teacher store depends on: runs that agree on all of them share one store.
 STORE_KEYS = ("teacher.path", "teacher.query_prefix", "teacher.dim", "data.bitext", "data.max_train_pairs",
               "data.sample_seed", "data.max_len_teacher", "data.length_buckets", "data.max_len_student",
@@ -70,7 +74,33 @@ def load_spec(spec_arg: str) -> dict[str, Any]:
     raise UserError(f"{path}: control {spec['control']!r} is not one of the cells {list(spec['cells'])}")
   if not spec["seeds"]:
     raise UserError(f"{path}: seeds is empty")
+  for cell, overrides in spec["cells"].items():
+    for name in _pretrain_refs(overrides):
+      if name not in spec.get("pretrain", {}):
+        raise UserError(f"{path}: cell {cell!r} trains from {PRETRAIN_REF}{name}, which the spec's pretrain does not "
+                        f"define (it has {sorted(spec.get('pretrain', {}))})")
   return spec
+
+
+def _pretrain_refs(overrides: Sequence[str]) -> list[str]:
+  return [o.partition("=")[2][len(PRETRAIN_REF):] for o in overrides if o.partition("=")[2].startswith(PRETRAIN_REF)]
+
+
+def pretrain_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "pretrain", name)
+
+
+def pretrain_config(spec: Mapping[str, Any], name: str) -> ml_collections.ConfigDict:
+  """The validated config of the spec's pretrain run NAME."""
+  from optical_jax import pretrain
+  base, overrides = spec["pretrain"][name]
+  try:
+    config = config_lib.load_config(_config_path(base), list(overrides))
+    pretrain.check_config(config)
+    config_lib.validate(config)
+  except UserError as e:
+    raise UserError(f"pretrain {name!r}: {e}") from None
+  return config
 
 
 def _config_path(spec_config: str) -> str:
@@ -83,6 +113,7 @@ def _config_path(spec_config: str) -> str:
 def cell_config(spec: Mapping[str, Any], cell: str, seed: int, workdir: str) -> ml_collections.ConfigDict:
   """The validated config of one run: base config, spec overrides, the cell's, its seed and its store."""
   overrides = list(spec.get("overrides", ())) + list(spec["cells"][cell]) + [f"seed={seed}", f"eval.system={cell}"]
+  overrides = [_resolve_pretrain(o, workdir) for o in overrides]
   for key in ("collections", "files"):
     if key in spec:
       overrides.append(f"eval.{key}={spec[key]}")
@@ -100,6 +131,13 @@ def cell_config(spec: Mapping[str, Any], cell: str, seed: int, workdir: str) -> 
   return config
 
 
+def _resolve_pretrain(override: str, workdir: str) -> str:
+  key, _, value = override.partition("=")
+  if not value.startswith(PRETRAIN_REF):
+    return override
+  return f"{key}={os.path.join(pretrain_dir(workdir, value[len(PRETRAIN_REF):]), 'export')}"
+
+
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   section, _, leaf = key.partition(".")
   return config[section][leaf] if leaf else config[section]
@@ -115,6 +153,8 @@ def dry_run(spec: Mapping[str, Any], workdir: str) -> list[dict[str, Any]]:
   from optical_jax.data import collections as collections_lib
   from optical_jax.data import tfds_bitext
   plan = []
+  for name in spec.get("pretrain", {}):
+    pretrain_config(spec, name)
   for cell in spec["cells"]:
     for seed in spec["seeds"]:
       config = cell_config(spec, cell, seed, workdir)
@@ -144,7 +184,7 @@ def _done(path: str) -> bool:
 
 def run(spec: Mapping[str, Any], workdir: str, *, cell_index: int | None = None) -> dict[str, Any]:
   """Trains and evaluates every run not done yet (or one cell's), then writes the tables from what is done."""
-  from optical_jax import evaluate, precompute, train
+  from optical_jax import evaluate, precompute, pretrain, train
   cells = list(spec["cells"])
   if cell_index is not None and not 0 <= cell_index < len(cells):
     raise UserError(f"--cell {cell_index}: the spec has cells 0..{len(cells) - 1}")
@@ -156,6 +196,11 @@ def run(spec: Mapping[str, Any], workdir: str, *, cell_index: int | None = None)
     if _done(path):
       print(f"{head}: done already", flush=True)
       continue
+    for name in _pretrain_refs(spec["cells"][cell]):
+      out = pretrain_dir(workdir, name)
+      if not os.path.exists(os.path.join(out, "export", "config.json")):
+        print(f"{head}: continued pre-training {name!r} in {out}", flush=True)
+        pretrain.pretrain(pretrain_config(spec, name), out)
     config = cell_config(spec, cell, seed, workdir)
     if not os.path.exists(os.path.join(config.data.teacher_store, "manifest.json")):
       print(f"{head}: teacher store {config.data.teacher_store}", flush=True)

@@ -48,6 +48,8 @@ SHARED_FIXTURES = ("two_process_run", "demo_dir", "uninterrupted_weights", "comp
 # that take more than ~10 s, a fixture's cost counted in the first test that uses it. A local run replaces these with
 # the durations it measured last time (.pytest_cache), so new or changed tests are placed right from their second run.
 COLD_SECONDS = {
+    "tests/test_experiment.py::test_a_spec_pretrains_once_and_trains_a_cell_from_the_export": 60,
+    "tests/test_evaluate_formats.py::test_one_student_scores_alike_on_beir_trec_and_irds_copies": 50,
     "tests/test_preemption.py::test_sigterm_to_one_process_stops_both_at_one_step_and_resume_is_bit_identical": 100,
     "tests/test_multiprocess.py::test_two_processes_give_the_losses_of_one": 100,
     "tests/test_multiprocess.py::test_bench_runs_as_one_global_step_on_two_processes": 120,

@@ -79,3 +79,28 @@ def test_run_writes_tables_recomputable_from_the_evaluations(tmp_path, files, ca
   assert "diff" in rows["lr_high"] and 0 <= rows["lr_high"]["p_holm"] <= 1 and "diff" not in rows["control"]
   assert len(list((workdir / "stores").iterdir())) == 2  # the random tiny teacher depends on the seed only
   assert (workdir / "table.md").exists() and (workdir / results["plots"][0]).exists()
+
+
+@pytest.mark.slow
+def test_a_spec_pretrains_once_and_trains_a_cell_from_the_export(tmp_path, files, capsys, monkeypatch):
+  from optical_jax.data import mlm_text
+  # The New Testament guard reads nine Bible versions (seconds); the toy text is no Bible verse anyway.
+  monkeypatch.setattr(mlm_text, "_new_testament_verses", lambda: frozenset())
+  bitext = files["bitext.tsv"]
+  pretrain_run = ("configs/tiny.py:text", [f"pretrain.bitext={bitext}", f"data.bitext={bitext}", "train.steps=2",
+                                          "train.checkpoint_every=2", "train.log_every=1", "pretrain.eval_every=2",
+                                          "pretrain.max_len=32"])
+  bad = _spec(tmp_path, files, cells={"control": [], "pt": ["student.init=@pretrain:nope"]})
+  with pytest.raises(UserError, match="@pretrain:nope"):
+    experiment.main(bad, str(tmp_path / "w"), dry=True)
+  spec = _spec(tmp_path, files, cells={"control": [], "pt": ["student.init=@pretrain:mlm"]}, seeds=(0,),
+               pretrain={"mlm": pretrain_run})
+  workdir = tmp_path / "w"
+  plan = experiment.main(spec, str(workdir), dry=True)["plan"]
+  assert len(plan) == 2
+  assert cli.main(["experiment", "--spec", spec, "--workdir", str(workdir), "--cell", "1"]) == 0
+  export = workdir / "pretrain" / "mlm" / "export"
+  assert (export / "config.json").exists()
+  config = json.loads((workdir / "cells" / "pt" / "seed_0" / "config.json").read_text())
+  assert config["student"]["init"] == str(export)
+  assert "continued pre-training 'mlm'" in capsys.readouterr().out

@@ -21,7 +21,7 @@ ALLOWED_ABOVE = {
     "optical_jax.bench": ("optical_jax.cli",),
     "optical_jax.index_search": ("optical_jax.cli",),
     "optical_jax.experiment": ("optical_jax.cli",),
-    "optical_jax.pretrain": ("optical_jax.cli",),
+    "optical_jax.pretrain": ("optical_jax.cli", "optical_jax.experiment"),
 }
 
 
