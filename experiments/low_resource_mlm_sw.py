@@ -14,14 +14,16 @@ verses per collection, no cross-references (~40 min on 2 CPU cores, MLM included
 
 Status: dry-run tested; not yet run, so there are no results to quote.
 """
+import importlib.util
+import os
+
 VARIANTS = ("", "cpu")
-OBJECTIVES = {
-    "optical": [],
-    "ot_only": ["loss.rank_weight=0", "eval.mix=1.0"],
-    "contrastive": ["loss.ot_weight=0"],
-    "mse_distill": ["loss.ot_weight=0", "loss.rank_weight=0", "loss.mse_weight=1", "loss.english_mse_weight=1",
-                    "eval.mix=1.0"],
-}
+# The same four objectives, with the same overrides, as the data-scale spec: the two grids stay comparable.
+_spec = importlib.util.spec_from_file_location("optical_jax_data_scale_sw",
+                                               os.path.join(os.path.dirname(__file__), "data_scale_sw.py"))
+data_scale_sw = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(data_scale_sw)
+OBJECTIVES = data_scale_sw.OBJECTIVES
 INITS = {"": [], "_mlm": ["student.init=@pretrain:mlm_sw"]}
 CPU_OVERRIDES = ["train.steps=150", "train.warmup_steps=10", "eval.num_verses=500", "eval.scorers=maxsim"]
 

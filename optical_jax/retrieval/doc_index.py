@@ -175,7 +175,7 @@ class DocIndex:
       by_shard.setdefault(shard, []).append((i, row))
     shards = {}
     for shard in by_shard:
-      shards[shard] = self.shard(shard)
+      shards[shard] = self.shard(shard, ids=False)  # `locations` already placed every row
       for i, row in by_shard[shard]:
         counts[i] = shards[shard].offsets[row + 1] - shards[shard].offsets[row]
     dim = int(self.manifest["dim"])
@@ -193,10 +193,11 @@ class DocIndex:
   def num_docs(self) -> int:
     return int(self.manifest["num_docs"])
 
-  def shard(self, index: int) -> Shard:
+  def shard(self, index: int, *, ids: bool = True) -> Shard:
+    """Shard `index`, memory-mapped; `ids=False` leaves its id list empty (callers that know the rows already)."""
     part = lambda p: os.path.join(self.root, _name(index, p))
     try:
-      return Shard(ids=json.loads(open(part("ids"), encoding="utf-8").read()),
+      return Shard(ids=json.loads(open(part("ids"), encoding="utf-8").read()) if ids else [],
                    tokens=np.load(part("tokens"), mmap_mode="r"), offsets=np.load(part("offsets")),
                    pooled=np.load(part("pooled"), mmap_mode="r"))
     except (OSError, ValueError) as e:
