@@ -1,19 +1,20 @@
-"""Domain pre-training on Bengali: MLM on Bible text vs Quran text vs none, then the same distillation.
+"""Domain pre-training on Bengali: MLM on Bible vs Quran vs LibreOffice text vs none, then the same distillation.
 
 Pretrain runs (once each, by the runner): 300 steps of MLM (configs/pretrain_sw.py's budget) on the Bengali side of
-the Bible's Old Testament (`tfds:bible/bn_en`), or of the Quran's training surahs (`tfds:quran/bn_en`). Cells: the
+the Bible's Old Testament (`tfds:bible/bn_en`), of the Quran's training surahs (`tfds:quran/bn_en`), or of the
+LibreOffice UI translations' training split (`tfds:libreoffice/bn_en`, a third, unrelated domain). Cells: the
 recipe (OT + ranking term) trained on Bengali Bible bitext, from each init; 3 seeds. Control: no MLM. Scored on
 Bengali Bible verses (in-domain for the bitext) and Quran verses (in-domain for the Quran MLM only).
 
   optical-jax experiment --spec experiments/domain_pretrain_bn.py --workdir runs/exp/domain_pretrain_bn
 
-A third domain, the LibreOffice UI translations (Debian libreoffice-l10n-bn), is not yet a text source here; add it
-as `pretrain.text=FILE` once extracted. The `cpu` variant: one seed, 150 training steps, 500 Bible verses.
+The `cpu` variant: one seed, 150 training steps, 500 Bible verses.
 
 Status: dry-run tested; not yet run, so there are no results to quote.
 """
 VARIANTS = ("", "cpu")
-PRETRAIN = {"mlm_bible_bn": ["pretrain.bitext=tfds:bible/bn_en"], "mlm_quran_bn": ["pretrain.bitext=tfds:quran/bn_en"]}
+PRETRAIN = {"mlm_bible_bn": ["pretrain.bitext=tfds:bible/bn_en"], "mlm_quran_bn": ["pretrain.bitext=tfds:quran/bn_en"],
+            "mlm_libreoffice_bn": ["pretrain.bitext=tfds:libreoffice/bn_en"]}
 
 
 def get_spec(variant: str = ""):

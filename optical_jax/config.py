@@ -168,6 +168,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
       if s[key] < 1:
         raise UserError(f"config: student.init='random' needs student.{key} >= 1, got {s[key]}")
+  if s.keep_layers < 0 or (s.keep_layers and s.init == "random"):
+    raise UserError(f"config: student.keep_layers={s.keep_layers}: it cuts a pretrained init (>= 0); a random init "
+                    "takes its depth from student.num_layers")
   for key in ("student.init", "teacher.path", "data.bitext"):
     section, leaf = key.split(".")
     if "SET_ME" in config[section][leaf]:

@@ -42,6 +42,8 @@ SCHEMA: dict[str, Key] = {
     "student.normalize": Key(bool, False, doc="L2-normalise the head's output"),
     "student.dtype": Key(str, "float32", DTYPES, "compute dtype (params stay float32)"),
     "student.freeze_word_embeddings": Key(bool, False),
+    "student.keep_layers": Key(int, 0, doc="> 0: a pretrained init keeps only its first N encoder layers, a "
+                                           "shallower student (0 = all; random inits use num_layers)"),
     "student.trainable_layers": Key(int, 0, doc="> 0: train only the top N encoder layers (and the head); the "
                                                 "embeddings and the layers below stay as loaded (0 = all)"),
     "student.prefix": Key(str, "", doc='prepended to the low-resource text (e.g. "query: " for E5 students)'),

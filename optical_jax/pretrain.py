@@ -110,7 +110,7 @@ def build_model(config: ml_collections.ConfigDict) -> MaskedLM:
     pooler = {"pooler.dense.weight": rng.normal(0.0, 0.02, (cfg.hidden_size,) * 2).astype(np.float32),
               "pooler.dense.bias": np.zeros((cfg.hidden_size,), np.float32)}
     return MaskedLM(cfg, encoding.student_tokenizer(config), None, None, {"pooler": pooler})
-  encoder = models.from_pretrained(s.init, dtype=s.dtype)
+  encoder = models.from_pretrained(s.init, dtype=s.dtype, keep_layers=s.keep_layers)
   params = dict(encoder.params)
   params.pop("projection", None)  # an exported student's head: MLM reads the hidden states, distillation adds anew
   cfg = dataclasses.replace(encoder.config, projection_dim=0, normalize=False)

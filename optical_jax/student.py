@@ -2,7 +2,8 @@
 
 `student.init="random"` builds a BERT / XLM-R encoder from the `student.*` dims (with the byte-level tokenizer on
 text, none on SYNTHETIC ids); an HF directory loads its architecture, weights, tokenizer and the fields an export
-carries along (pooler, source config). A projection head (`student.projection_dim`) starts fresh.
+carries along (pooler, source config), cut to its first `student.keep_layers` layers if that is set. A projection
+head (`student.projection_dim`) starts fresh.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def build_student(config: ml_collections.ConfigDict) -> Student:
   if s.init == "random":
     tokenizer = None if config.data.bitext == "synthetic" else encoding.student_tokenizer(config)
     return Student(models.BertEncoder(random_config(config)), None, tokenizer, None)
-  encoder = models.from_pretrained(s.init, projection_dim=s.projection_dim, normalize=s.normalize, dtype=s.dtype)
+  encoder = models.from_pretrained(s.init, projection_dim=s.projection_dim, normalize=s.normalize, dtype=s.dtype,
+                                   keep_layers=s.keep_layers)
   return Student(models.BertEncoder(encoder.config), encoder.params, encoder.tokenizer, encoder.extra)
 
 

