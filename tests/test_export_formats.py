@@ -1,7 +1,11 @@
 """`optical-jax export --format`: transformers and sentence-transformers load the export and give optical_jax's own
-vectors (to 1e-4), and the PyLate layout gives its MaxSim scores (to 1e-4); optical_jax.json names the prompts, the
-paired teacher and the MaxSim token rule; the model card carries the evaluation table."""
+vectors (to 1e-4), and the PyLate layout gives its MaxSim scores (to 1e-4) in sentence-transformers and in PyLate;
+optical_jax.json names the prompts, the paired teacher and the MaxSim token rule; the model card carries the
+evaluation table."""
 import json
+import os
+import pathlib
+import subprocess
 
 import numpy as np
 import pytest
@@ -74,8 +78,8 @@ DOCS = ["good morning", "god is very good", "the first word and the second and t
 
 
 def test_pylate_export_gives_our_maxsim_scores_in_multi_vector_encoder(trained, tmp_path):
-  """PyLate itself cannot be installed beside our transformers pin; sentence-transformers' MultiVectorEncoder reads
-  PyLate checkpoints (it maps pylate.models.Dense.Dense and PyLate's config knobs onto its own modules)."""
+  """sentence-transformers' MultiVectorEncoder reads PyLate checkpoints (it maps pylate.models.Dense.Dense and
+  PyLate's config knobs onto its own modules); PyLate itself is tested in its own environment below."""
   from sentence_transformers import MultiVectorEncoder
   from optical_jax import config as config_lib
   from optical_jax.data.teacher import load_teacher
@@ -117,3 +121,52 @@ def test_pylate_export_gives_our_maxsim_scores_in_multi_vector_encoder(trained, 
       "sentence_transformers.models.Transformer", "pylate.models.Dense.Dense"]
   card = (out / "README.md").read_text()
   assert "| toy |" in card and "vectors[4:-1]" in card and "query encoder" in card and "`random`" in card
+
+
+def _pylate_python() -> str | None:
+  """The PyLate environment's interpreter (`make test` builds it: tests/pylate_env/requirements.txt)."""
+  python = os.environ.get("OPTICAL_JAX_PYLATE_PYTHON")
+  if python and os.path.exists(python):
+    return python
+  if os.environ.get("CI"):
+    pytest.fail("CI must run the PyLate test: OPTICAL_JAX_PYLATE_PYTHON is not set (make test sets it)")
+  return None
+
+
+def test_pylate_export_loads_in_pylate_colbert(trained, tmp_path):
+  """PyLate proper, in its own environment (its pins conflict with ours): pylate.models.ColBERT loads the export and
+  gives our query token vectors and, through pylate.scores, our MaxSim scores (PyLate's sum = our mean x length)."""
+  python = _pylate_python()
+  if python is None:
+    pytest.skip("no PyLate environment: `make test` builds one, or set OPTICAL_JAX_PYLATE_PYTHON")
+  from optical_jax import config as config_lib
+  from optical_jax.data.teacher import load_teacher
+  from optical_jax.retrieval import search
+  out = tmp_path / "pylate"
+  assert cli.main(["export", "--workdir", str(trained), "--out", str(out), "--format", "pylate"]) == 0
+  queries = TEXTS + ["neno " * 30]
+  ours = models.from_pretrained(out)
+  q = encode_texts(ours, queries, prefix="q: ", max_len=48, batch_size=8)
+  teacher = load_teacher(config_lib.from_json(trained / "config.json"))
+  d = encode_texts(teacher, DOCS, prefix="p: ", max_len=48, batch_size=8, head=False)
+  expected = np.asarray(search.maxsim_scores(q.tokens, q.maxsim_mask, d.tokens, d.maxsim_mask))
+  docs = [t[m].astype(np.float32) for t, m in zip(d.tokens, d.maxsim_mask)]
+  docs = [(t / np.linalg.norm(t, axis=1, keepdims=True)).tolist() for t in docs]
+  window = json.loads((out / "optical_jax.json").read_text())["query_token_slice"]
+  given = tmp_path / "in.json"
+  given.write_text(json.dumps({"queries": queries, "documents": docs, "slice": [window["start"], window["stop"]]}))
+  script = pathlib.Path(__file__).parent / "pylate_env" / "encode_queries.py"
+  result = subprocess.run([python, str(script), str(out), str(given), str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = np.load(tmp_path / "out.npz")
+  assert str(got["version"]) == "1.6.0" and json.loads(str(got["prompts"]))["query"] == "q: "
+  for i, (tokens, mask) in enumerate(zip(q.tokens, q.maxsim_mask)):
+    vectors = got[f"q{i}"]
+    assert len(vectors) == q.mask[i].sum()  # every real token, prompt included: no expansion, no skiplist
+    mine = tokens[mask].astype(np.float32)
+    # 2e-4 per coordinate: PyTorch's and XLA's float32 arithmetic after the head and L2 norm (sentence-transformers'
+    # MultiVectorEncoder differs from us by the same 1.6e-4); the scores, the contract, agree to 1e-4.
+    np.testing.assert_allclose(vectors[window["start"]:window["stop"]],
+                               mine / np.linalg.norm(mine, axis=1, keepdims=True), atol=2e-4)
+  np.testing.assert_allclose(got["scores"] / q.maxsim_mask.sum(1, keepdims=True), expected, atol=1e-4)
