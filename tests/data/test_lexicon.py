@@ -2,8 +2,8 @@
 and induction from OT plans (a constructed case whose plan is known)."""
 import gzip
 import io
-import tarfile
 
+from fake_deb import deb_bytes
 import numpy as np
 import pytest
 
@@ -45,21 +45,11 @@ def _dictd(entries: dict[str, str]) -> tuple[str, bytes]:
 
 
 def _deb(name: str, entries: dict[str, str]) -> bytes:
-  """A .deb as Debian builds one: ar(debian-binary, control.tar.xz, data.tar.xz) with the dictd files inside."""
+  """The FreeDict package's layout: the dictd files under usr/share/dictd, beside other files."""
   index, data = _dictd(entries)
-  tar_buf = io.BytesIO()
-  with tarfile.open(fileobj=tar_buf, mode="w:xz") as tar:
-    for path, content in ((f"./usr/share/dictd/freedict-{name}.index", index.encode()),
-                          (f"./usr/share/dictd/freedict-{name}.dict.dz", gzip.compress(data)),
-                          ("./usr/share/doc/README", b"readme")):
-      info = tarfile.TarInfo(path)
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-  out = b"!<arch>\n"
-  for member, content in (("debian-binary", b"2.0\n"), ("control.tar.xz", b"x"), ("data.tar.xz", tar_buf.getvalue())):
-    out += f"{member:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n".encode() + content
-    out += b"\n" if len(content) % 2 else b""
-  return out
+  return deb_bytes({f"./usr/share/dictd/freedict-{name}.index": index.encode(),
+                    f"./usr/share/dictd/freedict-{name}.dict.dz": gzip.compress(data),
+                    "./usr/share/doc/README": b"readme"})
 
 
 EXPECTED = {"abiria": ["passenger"], "acha": ["leave"], "adhuhuri": ["midday"],

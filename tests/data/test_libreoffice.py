@@ -3,9 +3,9 @@ pinned download, the split rule, the tfds builder, and the real package when deb
 import collections
 import hashlib
 import io
-import tarfile
 import urllib.error
 
+from fake_deb import deb_bytes
 import polib
 import pytest
 
@@ -65,26 +65,11 @@ def _mo(entries) -> bytes:
   return po.to_binary()
 
 
-def _deb(files: dict[str, bytes]) -> bytes:
-  """ar(debian-binary, control.tar.xz, data.tar.xz), as Debian builds a .deb."""
-  tar_buf = io.BytesIO()
-  with tarfile.open(fileobj=tar_buf, mode="w:xz") as tar:
-    for path, content in files.items():
-      info = tarfile.TarInfo(path)
-      info.size = len(content)
-      tar.addfile(info, io.BytesIO(content))
-  out = b"!<arch>\n"
-  for member, content in (("debian-binary", b"2.0\n"), ("control.tar.xz", b"x"), ("data.tar.xz", tar_buf.getvalue())):
-    out += f"{member:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(content):<10}`\n".encode() + content
-    out += b"\n" if len(content) % 2 else b""
-  return out
-
-
 def _fake_deb() -> bytes:
   files = {f"{MO_DIR}/{name}.mo": _mo(entries) for name, entries in CATALOGUES.items()}
   files["./usr/lib/libreoffice/program/resource/hi/LC_MESSAGES/cui.mo"] = _mo([("x", "Yes", "हाँ")])  # not bn
   files["./usr/share/doc/libreoffice-l10n-bn/copyright"] = b"MPL-2.0"
-  return _deb(files)
+  return deb_bytes(files)
 
 
 @pytest.fixture
