@@ -45,6 +45,7 @@ def get_spec(variant: str = ""):
       overrides=[f"data.max_train_pairs={PAIRS}", "data.nested_sample=True", "eval.baselines=",
                  *(CPU_OVERRIDES if cpu else [])],
       cells=CELLS,
+      baselines=("zero_shot",),
       control="none",
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10", "p@10", "map"),

@@ -41,6 +41,7 @@ def get_spec(variant: str = ""):
       config="configs/demo_sw.py:optical",
       overrides=["data.nested_sample=True", "eval.baselines=", *(CPU_OVERRIDES if variant == "cpu" else [])],
       cells=cells,
+      baselines=("zero_shot",),
       control="optical_n3000",
       seeds=(0,) if variant == "cpu" else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),

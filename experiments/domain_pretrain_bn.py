@@ -28,6 +28,7 @@ def get_spec(variant: str = ""):
                    if cpu else [])],
       pretrain={name: ("configs/pretrain_sw.py", overrides) for name, overrides in PRETRAIN.items()},
       cells={"no_mlm": [], **{name: [f"student.init=@pretrain:{name}"] for name in PRETRAIN}},
+      baselines=("zero_shot",),
       control="no_mlm",
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),

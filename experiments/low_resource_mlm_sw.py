@@ -47,6 +47,7 @@ def get_spec(variant: str = ""):
       overrides=["data.nested_sample=True", "eval.baselines=", *(CPU_OVERRIDES if cpu else [])],
       pretrain={"mlm_sw": ("configs/pretrain_sw.py", [])},
       cells=cells,
+      baselines=("zero_shot",),
       control="optical_n100" if cpu else "optical_n300",
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),

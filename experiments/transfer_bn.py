@@ -32,6 +32,7 @@ def get_spec(variant: str = ""):
       config="configs/demo_sw.py:optical",
       overrides=["data.nested_sample=True", "eval.baselines=", *(CPU_OVERRIDES if cpu else [])],
       cells=cells,
+      baselines=("zero_shot",),
       control="bible",
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),

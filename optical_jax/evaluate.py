@@ -128,6 +128,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, baselines: bool
   systems.append(System(config_lib.system_name(config), student, config.student.prefix))
   summary = run_evaluation(config, collections, systems, teacher, os.path.join(workdir, "eval"))
   summary["student_step"] = step
+  return _written(summary, workdir)
+
+
+def evaluate_baselines(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The config's eval.baselines alone, nothing trained: WORKDIR/eval as `evaluate` writes it."""
+  teacher = load_teacher(config)
+  systems = baseline_systems(config, teacher)
+  if not systems:
+    raise UserError("eval.baselines names no baseline (teacher_en, teacher_lr, zero_shot)")
+  summary = run_evaluation(config, load_collections(config.eval), systems, teacher, os.path.join(workdir, "eval"))
+  return _written(summary, workdir)
+
+
+def _written(summary: dict[str, Any], workdir: str) -> dict[str, Any]:
   with open(os.path.join(workdir, "eval", "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2, sort_keys=True)
   print(format_table(summary))

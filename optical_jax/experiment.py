@@ -11,6 +11,9 @@ a CPU-sized variant of a grid):
   axis          optional {cell: number} (e.g. bitext pairs): learning curves over it instead of bars
   series        optional {cell: name}: which curve a cell belongs to (e.g. its objective); one curve otherwise
   collections   optional eval.collections; `files` optional eval.files (else the base config's)
+  baselines     optional, e.g. ("zero_shot",): systems that do not train (zero_shot, teacher_en, teacher_lr),
+                evaluated once on the control's config (first seed) in DIR/baselines and compared with the control
+                like the cells; a full run, or `--cell 0`, evaluates them
   pretrain      optional {NAME: (CONFIG, [overrides])}: continued pre-training runs (`optical-jax pretrain`) done
                 once in DIR/pretrain/NAME before the first cell that needs them; a cell override
                 `student.init=@pretrain:NAME` trains from that run's export
@@ -45,7 +48,8 @@ from optical_jax.errors import UserError
 log = logging.getLogger("optical_jax")
 
 SPEC_KEYS = {"config", "overrides", "cells", "control", "seeds", "metrics", "axis", "series", "collections", "files",
-             "scorer", "pretrain"}
+             "scorer", "pretrain", "baselines"}
+BASELINES = ("zero_shot", "teacher_en", "teacher_lr")
 PRETRAIN_REF = "@pretrain:"  # a cell's `student.init=@pretrain:NAME`: the export of the spec's pretrain run NAME
 # Keys a teacher store depends on: runs that agree on all of them share one store.
 STORE_KEYS = ("teacher.path", "teacher.query_prefix", "teacher.dim", "data.bitext", "data.max_train_pairs",
@@ -74,6 +78,10 @@ def load_spec(spec_arg: str) -> dict[str, Any]:
     raise UserError(f"{path}: control {spec['control']!r} is not one of the cells {list(spec['cells'])}")
   if not spec["seeds"]:
     raise UserError(f"{path}: seeds is empty")
+  unknown = [b for b in spec.get("baselines", ()) if b not in BASELINES or b in spec["cells"]]
+  if isinstance(spec.get("baselines", ()), str) or unknown:
+    raise UserError(f"{path}: baselines must be a tuple of {BASELINES} not named like a cell, got "
+                    f"{spec['baselines']!r}")
   for cell, overrides in spec["cells"].items():
     for name in _pretrain_refs(overrides):
       if name not in spec.get("pretrain", {}):
@@ -182,6 +190,23 @@ def _done(path: str) -> bool:
   return os.path.exists(os.path.join(path, "eval", "metrics.json"))
 
 
+def baselines_dir(workdir: str) -> str:
+  return os.path.join(workdir, "baselines")
+
+
+def _evaluate_baselines(spec: Mapping[str, Any], workdir: str) -> None:
+  from optical_jax import evaluate
+  out = baselines_dir(workdir)
+  if _done(out):
+    print("baselines: done already", flush=True)
+    return
+  config = cell_config(spec, spec["control"], spec["seeds"][0], workdir)
+  config.eval.baselines = ",".join(spec["baselines"])
+  print(f"baselines {', '.join(spec['baselines'])}: evaluating in {out}", flush=True)
+  os.makedirs(out, exist_ok=True)
+  evaluate.evaluate_baselines(config, out)
+
+
 def run(spec: Mapping[str, Any], workdir: str, *, cell_index: int | None = None) -> dict[str, Any]:
   """Trains and evaluates every run not done yet (or one cell's), then writes the tables from what is done."""
   from optical_jax import evaluate, precompute, pretrain, train
@@ -209,15 +234,17 @@ def run(spec: Mapping[str, Any], workdir: str, *, cell_index: int | None = None)
     train.train(config, path)
     print(f"{head}: evaluating", flush=True)
     evaluate.evaluate(config, path, baselines=False)
+  if spec.get("baselines") and cell_index in (None, 0):
+    _evaluate_baselines(spec, workdir)
   return write_report(spec, workdir)
 
 
-def _per_query(workdir: str, cell: str, seed: int, collection: str, metric: str, scorer: str
-               ) -> dict[str, float] | None:
+def _per_query(run_path: str, system: str, collection: str, metric: str, scorer: str) -> dict[str, float] | None:
+  """Per-query `metric` of SYSTEM_SCORER's run of `collection` in run_path/eval (None if it has none)."""
   from optical_jax.retrieval import metrics as metrics_lib
   from optical_jax.retrieval import trec
-  eval_dir = os.path.join(run_dir(workdir, cell, seed), "eval")
-  run_path = os.path.join(eval_dir, f"{cell}_{scorer}", f"{collection}.run")
+  eval_dir = os.path.join(run_path, "eval")
+  run_path = os.path.join(eval_dir, f"{system}_{scorer}", f"{collection}.run")
   qrels_path = os.path.join(eval_dir, f"{collection}.qrels")
   if not (os.path.exists(run_path) and os.path.exists(qrels_path)):
     return None
@@ -231,29 +258,35 @@ def write_report(spec: Mapping[str, Any], workdir: str) -> dict[str, Any]:
   scorer = spec.get("scorer", "maxsim")
   cells, control = list(spec["cells"]), spec["control"]
   finished = {c: [s for s in spec["seeds"] if _done(run_dir(workdir, c, s))] for c in cells}
+  # A baseline is one more column entry, read from DIR/baselines (it has no seeds: it does not train).
+  run_paths = {c: [run_dir(workdir, c, s) for s in finished[c]] for c in cells}
+  baselines = list(spec.get("baselines", ())) if _done(baselines_dir(workdir)) else []
+  run_paths.update({b: [baselines_dir(workdir)] for b in baselines})
   collections = []
-  for c in cells:
-    for s in finished[c]:
-      with open(os.path.join(run_dir(workdir, c, s), "eval", "metrics.json"), encoding="utf-8") as f:
+  for paths in run_paths.values():
+    for path in paths:
+      with open(os.path.join(path, "eval", "metrics.json"), encoding="utf-8") as f:
         collections += [n for n in json.load(f)["collections"] if n not in collections]
   rows = []
   for collection in collections:
     for metric in spec["metrics"]:
       averaged = {}
-      for c in cells:
-        seeds = [_per_query(workdir, c, s, collection, metric, scorer) for s in finished[c]]
+      for c in cells + baselines:
+        seeds = [_per_query(path, c, collection, metric, scorer) for path in run_paths[c]]
         seeds = [x for x in seeds if x is not None]
         if seeds:
           queries = sorted(seeds[0])
           per_seed_means = [float(np.mean([x[q] for q in queries])) for x in seeds]
           averaged[c] = ({q: float(np.mean([x[q] for x in seeds])) for q in queries}, per_seed_means)
       column = []
-      for c in cells:
+      for c in cells + baselines:
         if c not in averaged:
           continue
         per_query, means = averaged[c]
         row = {"cell": c, "collection": collection, "metric": metric, "scorer": scorer, "seeds": len(means),
                "mean": float(np.mean(means)), "sd": float(np.std(means, ddof=1)) if len(means) > 1 else 0.0}
+        if c in baselines:
+          row.update(baseline=True, seeds=0)
         if "axis" in spec and c in spec["axis"]:
           row["axis"] = spec["axis"][c]
         if c != control and control in averaged:
@@ -271,7 +304,7 @@ def write_report(spec: Mapping[str, Any], workdir: str) -> dict[str, Any]:
 
 def _write_outputs(spec: Mapping[str, Any], workdir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
-  fields = ["cell", "axis", "collection", "metric", "scorer", "seeds", "mean", "sd", "diff", "se", "p_value",
+  fields = ["cell", "baseline", "axis", "collection", "metric", "scorer", "seeds", "mean", "sd", "diff", "se", "p_value",
             "p_randomization", "p_holm"]
   with open(os.path.join(workdir, "table.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
@@ -281,9 +314,10 @@ def _write_outputs(spec: Mapping[str, Any], workdir: str, rows: list[dict[str, A
            "± SE, paired t-test p (Holm over the cells of each column; randomisation p in table.csv)", "",
            "| cell | collection | metric | seeds | mean ± sd | vs control | p (Holm) |", "|---|---|---|---|---|---|---|"]
   for r in rows:
+    seeds = "baseline" if r.get("baseline") else r["seeds"]
     vs = f"{r['diff']:+.4f} ± {r['se']:.4f}" if "diff" in r else "(control)" if r["cell"] == spec["control"] else "-"
     p = f"{r['p_value']:.2g} ({r['p_holm']:.2g})" if "p_holm" in r else "-"
-    lines.append(f"| {r['cell']} | {r['collection']} | {r['metric']} | {r['seeds']} | {r['mean']:.4f} ± {r['sd']:.4f} "
+    lines.append(f"| {r['cell']} | {r['collection']} | {r['metric']} | {seeds} | {r['mean']:.4f} ± {r['sd']:.4f} "
                  f"| {vs} | {p} |")
   with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
@@ -305,15 +339,19 @@ def _plots(spec: Mapping[str, Any], workdir: str, rows: Sequence[dict[str, Any]]
   written = []
   for collection, metric in dict.fromkeys((r["collection"], r["metric"]) for r in rows):
     column = [r for r in rows if r["collection"] == collection and r["metric"] == metric]
+    trained = [r for r in column if not r.get("baseline")]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(column)), 3.2))
-    if spec.get("axis") and all("axis" in r for r in column):
+    if spec.get("axis") and trained and all("axis" in r for r in trained):
       series = spec.get("series", {})
-      for name in dict.fromkeys(series.get(r["cell"], "") for r in column):
-        line = sorted((r for r in column if series.get(r["cell"], "") == name), key=lambda r: r["axis"])
+      for name in dict.fromkeys(series.get(r["cell"], "") for r in trained):
+        line = sorted((r for r in trained if series.get(r["cell"], "") == name), key=lambda r: r["axis"])
         ax.errorbar([r["axis"] for r in line], [r["mean"] for r in line], yerr=[r["sd"] for r in line],
                     marker="o", capsize=3, label=name or None)
+      for r in column:
+        if r.get("baseline"):  # no axis: it does not train, so it is the same at every point
+          ax.axhline(r["mean"], color="grey", linestyle="--", linewidth=1, label=r["cell"])
       ax.set_xscale("log")
-      if series:
+      if series or len(trained) < len(column):
         ax.legend(fontsize=7)
     else:
       ax.bar(range(len(column)), [r["mean"] for r in column], yerr=[r["sd"] for r in column], capsize=3)
@@ -334,7 +372,8 @@ def main(spec_path: str, workdir: str, *, dry: bool = False, cell: int | None = 
     plan = dry_run(spec, workdir)
     for entry in plan:
       print(f"{entry['cell']}\tseed {entry['seed']}\t{entry['steps']} steps\t{entry['workdir']}\tstore {entry['store']}")
-    print(f"dry run: {len(plan)} runs in {len(spec['cells'])} cells x {len(spec['seeds'])} seeds; every config, "
-          "data source and collection checked", flush=True)
+    also = f" (+ baselines {', '.join(spec['baselines'])}, evaluated once)" if spec.get("baselines") else ""
+    print(f"dry run: {len(plan)} runs in {len(spec['cells'])} cells x {len(spec['seeds'])} seeds{also}; every "
+          "config, data source and collection checked", flush=True)
     return {"plan": plan}
   return run(spec, workdir, cell_index=cell)

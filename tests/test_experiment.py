@@ -32,6 +32,12 @@ def files(tmp_path_factory):
   return synthetic.write_files(tmp_path_factory.mktemp("data"), train_pairs=128, test_pairs=24)
 
 
+def test_baselines_must_be_known_systems(tmp_path, files):
+  for bad in (("teacher",), "zero_shot", ("control",)):
+    with pytest.raises(UserError, match="baselines must be a tuple"):
+      experiment.main(_spec(tmp_path, files, baselines=bad), str(tmp_path / "w"), dry=True)
+
+
 def test_dry_run_checks_configs_sources_and_collections(tmp_path, files, capsys):
   spec = _spec(tmp_path, files)
   assert cli.main(["experiment", "--spec", spec, "--workdir", str(tmp_path / "w"), "--dry-run"]) == 0
@@ -64,19 +70,26 @@ def test_every_shipped_spec_passes_its_dry_run(spec, tmp_path):
 
 @pytest.mark.slow
 def test_run_writes_tables_recomputable_from_the_evaluations(tmp_path, files, capsys):
-  spec = _spec(tmp_path, files)
+  spec = _spec(tmp_path, files, baselines=("zero_shot",), axis={"control": 100, "lr_high": 300})
   workdir = tmp_path / "w"
   assert cli.main(["experiment", "--spec", spec, "--workdir", str(workdir), "--cell", "0"]) == 0
   rows = list(csv.DictReader(open(workdir / "table.csv")))
-  assert [r["cell"] for r in rows] == ["control"]  # one cell done: the table covers it alone
+  # one cell done: the table covers it and the baseline, evaluated once by cell 0's task
+  assert [r["cell"] for r in rows] == ["control", "zero_shot"] and rows[1]["baseline"] == "True"
   results = experiment.main(spec, str(workdir))
-  assert "[1/4] control seed 0: done already" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "[1/4] control seed 0: done already" in out and "baselines: done already" in out
   rows = {r["cell"]: r for r in results["rows"]}
   for cell, row in rows.items():
+    if cell == "zero_shot":
+      continue
     means = [json.loads((workdir / "cells" / cell / f"seed_{s}" / "eval" / "metrics.json").read_text())
              ["systems"][f"{cell}_maxsim"]["toy"]["mrr@10"] for s in (0, 1)]
     assert row["mean"] == pytest.approx(np.mean(means), abs=1e-9) and row["seeds"] == 2
   assert "diff" in rows["lr_high"] and 0 <= rows["lr_high"]["p_holm"] <= 1 and "diff" not in rows["control"]
+  zero_shot = json.loads((workdir / "baselines" / "eval" / "metrics.json").read_text())["systems"]
+  assert rows["zero_shot"]["mean"] == pytest.approx(zero_shot["zero_shot_maxsim"]["toy"]["mrr@10"], abs=1e-9)
+  assert "diff" in rows["zero_shot"] and rows["zero_shot"]["seeds"] == 0
   assert len(list((workdir / "stores").iterdir())) == 2  # the random tiny teacher depends on the seed only
   assert (workdir / "table.md").exists() and (workdir / results["plots"][0]).exists()
 
