@@ -47,6 +47,7 @@ def get_spec(variant: str = ""):
       cells=CELLS,
       baselines=("zero_shot",),
       control="none",
+      pairs=[("bt_standin", "english_side"), ("code_switch", "bt_standin")],
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10", "p@10", "map"),
       collections="bible_sw_en,bible_sw_en_kjv" + ("" if cpu else ",bible_xref_sw_en"),

@@ -48,4 +48,6 @@ def get_spec(variant: str = ""):
       collections="bible_sw_en,bible_sw_en_kjv" + ("" if variant == "cpu" else ",bible_xref_sw_en"),
       axis={name(objective, n): n or ALL_PAIRS for objective in OBJECTIVES for n in sizes},
       series={name(objective, n): objective for objective in OBJECTIVES for n in sizes},
+      # What OT adds to the ranking term, and the recipe against each baseline objective, at every size.
+      pairs=[(name("optical", n), name(other, n)) for n in sizes for other in OBJECTIVES if other != "optical"],
   )

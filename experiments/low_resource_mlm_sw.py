@@ -54,4 +54,5 @@ def get_spec(variant: str = ""):
       collections="bible_sw_en,bible_sw_en_kjv" + ("" if cpu else ",bible_xref_sw_en"),
       axis=axis,
       series=series,
+      pairs=[(f"{o}_mlm_n{n}", f"{o}_n{n}") for o in objectives for n in sizes],  # what MLM adds, per size
   )

@@ -47,4 +47,5 @@ def get_spec(variant: str = ""):
       collections="bible_bn_en,quran_bn_en",
       axis=axis,
       series=series,
+      pairs=[("l6_d3", "l12_d1"), *((f"l12_d{k}", f"l6_d{k}") for k in DOMAINS)],  # diversity vs size
   )

@@ -14,6 +14,8 @@ a CPU-sized variant of a grid):
   baselines     optional, e.g. ("zero_shot",): systems that do not train (zero_shot, teacher_en, teacher_lr),
                 evaluated once on the control's config (first seed) in DIR/baselines and compared with the control
                 like the cells; a full run, or `--cell 0`, evaluates them
+  pairs         optional [(A, B), ...]: more paired comparisons, cell (or baseline) A minus B on the same queries
+                (e.g. two objectives at each bitext size), in DIR/pairs.csv and a second table of table.md
   pretrain      optional {NAME: (CONFIG, [overrides])}: continued pre-training runs (`optical-jax pretrain`) done
                 once in DIR/pretrain/NAME before the first cell that needs them; a cell override
                 `student.init=@pretrain:NAME` trains from that run's export
@@ -48,7 +50,7 @@ from optical_jax.errors import UserError
 log = logging.getLogger("optical_jax")
 
 SPEC_KEYS = {"config", "overrides", "cells", "control", "seeds", "metrics", "axis", "series", "collections", "files",
-             "scorer", "pretrain", "baselines"}
+             "scorer", "pretrain", "baselines", "pairs"}
 BASELINES = ("zero_shot", "teacher_en", "teacher_lr")
 PRETRAIN_REF = "@pretrain:"  # a cell's `student.init=@pretrain:NAME`: the export of the spec's pretrain run NAME
 # Keys a teacher store depends on: runs that agree on all of them share one store.
@@ -78,6 +80,10 @@ def load_spec(spec_arg: str) -> dict[str, Any]:
     raise UserError(f"{path}: control {spec['control']!r} is not one of the cells {list(spec['cells'])}")
   if not spec["seeds"]:
     raise UserError(f"{path}: seeds is empty")
+  names = set(spec["cells"]) | set(spec.get("baselines", ()))
+  for pair in spec.get("pairs", ()):
+    if len(pair) != 2 or not set(pair) <= names:
+      raise UserError(f"{path}: pairs: {pair!r} must be two names among the cells and baselines")
   unknown = [b for b in spec.get("baselines", ()) if b not in BASELINES or b in spec["cells"]]
   if isinstance(spec.get("baselines", ()), str) or unknown:
     raise UserError(f"{path}: baselines must be a tuple of {BASELINES} not named like a cell, got "
@@ -267,7 +273,7 @@ def write_report(spec: Mapping[str, Any], workdir: str) -> dict[str, Any]:
     for path in paths:
       with open(os.path.join(path, "eval", "metrics.json"), encoding="utf-8") as f:
         collections += [n for n in json.load(f)["collections"] if n not in collections]
-  rows = []
+  rows, pair_rows = [], []
   for collection in collections:
     for metric in spec["metrics"]:
       averaged = {}
@@ -290,19 +296,29 @@ def write_report(spec: Mapping[str, Any], workdir: str) -> dict[str, Any]:
         if "axis" in spec and c in spec["axis"]:
           row["axis"] = spec["axis"][c]
         if c != control and control in averaged:
-          base = averaged[control][0]
-          queries = sorted(set(per_query) & set(base))
-          a, b = np.asarray([per_query[q] for q in queries]), np.asarray([base[q] for q in queries])
-          d = a - b
-          row.update(diff=float(d.mean()), se=float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
-                     **significance.paired_tests(a, b))
+          row.update(_paired(per_query, averaged[control][0]))
         column.append(row)
       significance.with_holm([r for r in column if "p_value" in r])
       rows += column
-  return _write_outputs(spec, workdir, rows)
+      compared = [{"a": a, "b": b, "collection": collection, "metric": metric, "scorer": scorer,
+                   **_paired(averaged[a][0], averaged[b][0])}
+                  for a, b in spec.get("pairs", ()) if a in averaged and b in averaged]
+      pair_rows += significance.with_holm(compared)
+  return _write_outputs(spec, workdir, rows, pair_rows)
 
 
-def _write_outputs(spec: Mapping[str, Any], workdir: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _paired(a_per_query: Mapping[str, float], b_per_query: Mapping[str, float]) -> dict[str, float]:
+  """mean(a - b) over the queries both have, its SE, and the paired t-test and randomisation p-values."""
+  from optical_jax.retrieval import significance
+  queries = sorted(set(a_per_query) & set(b_per_query))
+  a, b = np.asarray([a_per_query[q] for q in queries]), np.asarray([b_per_query[q] for q in queries])
+  d = a - b
+  return dict(diff=float(d.mean()), se=float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+              **significance.paired_tests(a, b))
+
+
+def _write_outputs(spec: Mapping[str, Any], workdir: str, rows: list[dict[str, Any]],
+                   pair_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
   fields = ["cell", "baseline", "axis", "collection", "metric", "scorer", "seeds", "mean", "sd", "diff", "se", "p_value",
             "p_randomization", "p_holm"]
@@ -319,10 +335,20 @@ def _write_outputs(spec: Mapping[str, Any], workdir: str, rows: list[dict[str, A
     p = f"{r['p_value']:.2g} ({r['p_holm']:.2g})" if "p_holm" in r else "-"
     lines.append(f"| {r['cell']} | {r['collection']} | {r['metric']} | {seeds} | {r['mean']:.4f} ± {r['sd']:.4f} "
                  f"| {vs} | {p} |")
+  if pair_rows:
+    pair_fields = ["a", "b", "collection", "metric", "scorer", "diff", "se", "p_value", "p_randomization", "p_holm"]
+    with open(os.path.join(workdir, "pairs.csv"), "w", newline="", encoding="utf-8") as f:
+      writer = csv.DictWriter(f, fieldnames=pair_fields, extrasaction="ignore")
+      writer.writeheader()
+      writer.writerows(pair_rows)
+    lines += ["", "Pairs: A minus B on the same queries ± SE, paired t-test p (Holm over the pairs of each column)", "",
+              "| A | B | collection | metric | A − B | p (Holm) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['a']} | {r['b']} | {r['collection']} | {r['metric']} | {r['diff']:+.4f} ± {r['se']:.4f} | "
+              f"{r['p_value']:.2g} ({r['p_holm']:.2g}) |" for r in pair_rows]
   with open(os.path.join(workdir, "table.md"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
   plots = _plots(spec, workdir, rows)
-  results = {"spec": {k: v for k, v in spec.items()}, "rows": rows, "plots": plots}
+  results = {"spec": {k: v for k, v in spec.items()}, "rows": rows, "pairs": list(pair_rows), "plots": plots}
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2, default=str)
   print("\n".join(lines), flush=True)

@@ -70,7 +70,8 @@ def test_every_shipped_spec_passes_its_dry_run(spec, tmp_path):
 
 @pytest.mark.slow
 def test_run_writes_tables_recomputable_from_the_evaluations(tmp_path, files, capsys):
-  spec = _spec(tmp_path, files, baselines=("zero_shot",), axis={"control": 100, "lr_high": 300})
+  spec = _spec(tmp_path, files, baselines=("zero_shot",), axis={"control": 100, "lr_high": 300},
+               pairs=[("lr_high", "zero_shot")])
   workdir = tmp_path / "w"
   assert cli.main(["experiment", "--spec", spec, "--workdir", str(workdir), "--cell", "0"]) == 0
   rows = list(csv.DictReader(open(workdir / "table.csv")))
@@ -90,6 +91,12 @@ def test_run_writes_tables_recomputable_from_the_evaluations(tmp_path, files, ca
   zero_shot = json.loads((workdir / "baselines" / "eval" / "metrics.json").read_text())["systems"]
   assert rows["zero_shot"]["mean"] == pytest.approx(zero_shot["zero_shot_maxsim"]["toy"]["mrr@10"], abs=1e-9)
   assert "diff" in rows["zero_shot"] and rows["zero_shot"]["seeds"] == 0
+  (pair,) = results["pairs"]  # one pair x one (collection, metric)
+  assert pair["diff"] == pytest.approx(rows["lr_high"]["mean"] - rows["zero_shot"]["mean"], abs=1e-9)
+  assert pair["p_holm"] == pair["p_value"]
+  assert "| lr_high | zero_shot | toy | mrr@10 |" in (workdir / "table.md").read_text()
+  with pytest.raises(UserError, match="pairs"):
+    experiment.main(_spec(tmp_path, files, pairs=[("lr_high", "nope")]), str(workdir), dry=True)
   assert len(list((workdir / "stores").iterdir())) == 2  # the random tiny teacher depends on the seed only
   assert (workdir / "table.md").exists() and (workdir / results["plots"][0]).exists()
 
