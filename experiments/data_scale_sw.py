@@ -46,8 +46,10 @@ def get_spec(variant: str = ""):
       seeds=(0,) if variant == "cpu" else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),
       collections="bible_sw_en,bible_sw_en_kjv" + ("" if variant == "cpu" else ",bible_xref_sw_en"),
+      axis_label="bitext pairs (log)",
       axis={name(objective, n): n or ALL_PAIRS for objective in OBJECTIVES for n in sizes},
       series={name(objective, n): objective for objective in OBJECTIVES for n in sizes},
       # What OT adds to the ranking term, and the recipe against each baseline objective, at every size.
-      pairs=[(name("optical", n), name(other, n)) for n in sizes for other in OBJECTIVES if other != "optical"],
+      pairs=[*((name("optical", n), name(other, n)) for n in sizes for other in OBJECTIVES if other != "optical"),
+             *((name(objective, n), "zero_shot") for objective in OBJECTIVES for n in sizes)],
   )

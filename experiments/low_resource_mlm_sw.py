@@ -52,6 +52,7 @@ def get_spec(variant: str = ""):
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),
       collections="bible_sw_en,bible_sw_en_kjv" + ("" if cpu else ",bible_xref_sw_en"),
+      axis_label="bitext pairs (log)",
       axis=axis,
       series=series,
       pairs=[(f"{o}_mlm_n{n}", f"{o}_n{n}") for o in objectives for n in sizes],  # what MLM adds, per size

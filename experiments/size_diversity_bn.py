@@ -45,6 +45,7 @@ def get_spec(variant: str = ""):
       seeds=(0,) if cpu else (0, 1, 2),
       metrics=("mrr@10", "ndcg@10"),
       collections="bible_bn_en,quran_bn_en",
+      axis_label="training domains (log)",
       axis=axis,
       series=series,
       pairs=[("l6_d3", "l12_d1"), *((f"l12_d{k}", f"l6_d{k}") for k in DOMAINS)],  # diversity vs size

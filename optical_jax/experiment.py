@@ -8,7 +8,8 @@ a CPU-sized variant of a grid):
   control       the cell every other is compared with
   seeds         training seeds (`seed`; batch order and any random init), e.g. (0, 1, 2)
   metrics       e.g. ("mrr@10", "ndcg@10"); compared on the `maxsim` scorer unless `scorer` says "pooled"
-  axis          optional {cell: number} (e.g. bitext pairs): learning curves over it instead of bars
+  axis          optional {cell: number} (e.g. bitext pairs): learning curves over it instead of bars;
+                `axis_label` names it on the plots
   series        optional {cell: name}: which curve a cell belongs to (e.g. its objective); one curve otherwise
   collections   optional eval.collections; `files` optional eval.files (else the base config's)
   baselines     optional, e.g. ("zero_shot",): systems that do not train (zero_shot, teacher_en, teacher_lr),
@@ -50,7 +51,7 @@ from optical_jax.errors import UserError
 log = logging.getLogger("optical_jax")
 
 SPEC_KEYS = {"config", "overrides", "cells", "control", "seeds", "metrics", "axis", "series", "collections", "files",
-             "scorer", "pretrain", "baselines", "pairs"}
+             "scorer", "pretrain", "baselines", "pairs", "axis_label"}
 BASELINES = ("zero_shot", "teacher_en", "teacher_lr")
 PRETRAIN_REF = "@pretrain:"  # a cell's `student.init=@pretrain:NAME`: the export of the spec's pretrain run NAME
 # Keys a teacher store depends on: runs that agree on all of them share one store.
@@ -366,8 +367,9 @@ def _plots(spec: Mapping[str, Any], workdir: str, rows: Sequence[dict[str, Any]]
   for collection, metric in dict.fromkeys((r["collection"], r["metric"]) for r in rows):
     column = [r for r in rows if r["collection"] == collection and r["metric"] == metric]
     trained = [r for r in column if not r.get("baseline")]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(column)), 3.2))
-    if spec.get("axis") and trained and all("axis" in r for r in trained):
+    curves = bool(spec.get("axis")) and bool(trained) and all("axis" in r for r in trained)
+    fig, ax = plt.subplots(figsize=(6.0, 3.6) if curves else (max(4.0, 0.9 * len(column)), 3.2))
+    if curves:
       series = spec.get("series", {})
       for name in dict.fromkeys(series.get(r["cell"], "") for r in trained):
         line = sorted((r for r in trained if series.get(r["cell"], "") == name), key=lambda r: r["axis"])
@@ -377,6 +379,7 @@ def _plots(spec: Mapping[str, Any], workdir: str, rows: Sequence[dict[str, Any]]
         if r.get("baseline"):  # no axis: it does not train, so it is the same at every point
           ax.axhline(r["mean"], color="grey", linestyle="--", linewidth=1, label=r["cell"])
       ax.set_xscale("log")
+      ax.set_xlabel(spec.get("axis_label", ""), fontsize=8)
       if series or len(trained) < len(column):
         ax.legend(fontsize=7)
     else:
