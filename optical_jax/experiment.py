@@ -246,16 +246,16 @@ def run(spec: Mapping[str, Any], workdir: str, *, cell_index: int | None = None)
   return write_report(spec, workdir)
 
 
-def _per_query(run_path: str, system: str, collection: str, metric: str, scorer: str) -> dict[str, float] | None:
-  """Per-query `metric` of SYSTEM_SCORER's run of `collection` in run_path/eval (None if it has none)."""
+def _per_query(run_dir_path: str, system: str, collection: str, metric: str, scorer: str) -> dict[str, float] | None:
+  """Per-query `metric` of SYSTEM_SCORER's run of `collection` in run_dir_path/eval (None if it has none)."""
   from optical_jax.retrieval import metrics as metrics_lib
   from optical_jax.retrieval import trec
-  eval_dir = os.path.join(run_path, "eval")
-  run_path = os.path.join(eval_dir, f"{system}_{scorer}", f"{collection}.run")
+  eval_dir = os.path.join(run_dir_path, "eval")
+  run_file = os.path.join(eval_dir, f"{system}_{scorer}", f"{collection}.run")
   qrels_path = os.path.join(eval_dir, f"{collection}.qrels")
-  if not (os.path.exists(run_path) and os.path.exists(qrels_path)):
+  if not (os.path.exists(run_file) and os.path.exists(qrels_path)):
     return None
-  _, per_query = metrics_lib.evaluate_run(trec.read_qrels(qrels_path), trec.read_run(run_path), [metric])
+  _, per_query = metrics_lib.evaluate_run(trec.read_qrels(qrels_path), trec.read_run(run_file), [metric])
   return {q: m[metric] for q, m in per_query.items()}
 
 
@@ -321,8 +321,8 @@ def _paired(a_per_query: Mapping[str, float], b_per_query: Mapping[str, float]) 
 def _write_outputs(spec: Mapping[str, Any], workdir: str, rows: list[dict[str, Any]],
                    pair_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
   os.makedirs(workdir, exist_ok=True)
-  fields = ["cell", "baseline", "axis", "collection", "metric", "scorer", "seeds", "mean", "sd", "diff", "se", "p_value",
-            "p_randomization", "p_holm"]
+  fields = ["cell", "baseline", "axis", "collection", "metric", "scorer", "seeds", "mean", "sd", "diff", "se",
+            "p_value", "p_randomization", "p_holm"]
   with open(os.path.join(workdir, "table.csv"), "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
