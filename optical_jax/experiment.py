@@ -232,18 +232,30 @@ def run(spec: Mapping[str, Any], workdir: str, *, cell_index: int | None = None)
       out = pretrain_dir(workdir, name)
       if not os.path.exists(os.path.join(out, "export", "config.json")):
         print(f"{head}: continued pre-training {name!r} in {out}", flush=True)
-        pretrain.pretrain(pretrain_config(spec, name), out)
+        if _stopped(head, pretrain.pretrain(pretrain_config(spec, name), out),
+                    pretrain_config(spec, name).train.steps):
+          return write_report(spec, workdir)
     config = cell_config(spec, cell, seed, workdir)
     if not os.path.exists(os.path.join(config.data.teacher_store, "manifest.json")):
       print(f"{head}: teacher store {config.data.teacher_store}", flush=True)
       precompute.precompute_teacher(config, path)
     print(f"{head}: training {config.train.steps} steps ({time.perf_counter() - started:.0f}s so far)", flush=True)
-    train.train(config, path)
+    if _stopped(head, train.train(config, path), config.train.steps):
+      return write_report(spec, workdir)
     print(f"{head}: evaluating", flush=True)
     evaluate.evaluate(config, path, baselines=False)
   if spec.get("baselines") and cell_index in (None, 0):
     _evaluate_baselines(spec, workdir)
   return write_report(spec, workdir)
+
+
+def _stopped(head: str, summary: Mapping[str, Any], steps: int) -> bool:
+  """True if a stop request (SIGTERM: preemption) ended the run before `steps`: it saved a checkpoint there, and
+  the runner must neither evaluate nor go on; a rerun resumes it."""
+  if summary.get("final_step", steps) >= steps:
+    return False
+  print(f"{head}: stopped at step {summary['final_step']} of {steps} on request; rerun to resume", flush=True)
+  return True
 
 
 def _per_query(run_dir_path: str, system: str, collection: str, metric: str, scorer: str) -> dict[str, float] | None:

@@ -124,3 +124,35 @@ def test_a_spec_pretrains_once_and_trains_a_cell_from_the_export(tmp_path, files
   config = json.loads((workdir / "cells" / "pt" / "seed_0" / "config.json").read_text())
   assert config["student"]["init"] == str(export)
   assert "continued pre-training 'mlm'" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_an_interrupted_cell_is_not_evaluated_and_resumes_to_the_uninterrupted_result(tmp_path, files, monkeypatch,
+                                                                                       capsys):
+  from optical_jax import distributed
+
+  class StopAfterSecondStep:
+    """A stop request (as SIGTERM gives) agreed at step index 1: training saves a checkpoint at step 2 and returns."""
+
+    def __init__(self, mesh, every=1):
+      del mesh, every
+
+    def __call__(self, requested, step):
+      return step == 1
+
+  spec = _spec(tmp_path, files, cells={"control": [], "lr_high": ["train.lr=0.01"]}, seeds=(0,))
+  workdir, reference = tmp_path / "w", tmp_path / "reference"
+  with monkeypatch.context() as patch:
+    patch.setattr(distributed, "StopVote", StopAfterSecondStep)
+    assert cli.main(["experiment", "--spec", spec, "--workdir", str(workdir)]) == 0
+  out = capsys.readouterr().out
+  assert "[1/2] control seed 0: stopped at step 2 of 4 on request; rerun to resume" in out
+  assert "lr_high" not in out  # a stop request ends the whole run, not only the cell
+  cell = workdir / "cells" / "control" / "seed_0"
+  assert not (cell / "eval").exists() and (cell / "checkpoints").exists()
+  assert cli.main(["experiment", "--spec", spec, "--workdir", str(workdir)]) == 0  # resumes, evaluates, goes on
+  assert cli.main(["experiment", "--spec", spec, "--workdir", str(reference)]) == 0  # never interrupted
+  for name in ("control", "lr_high"):
+    got, want = (json.loads((w / "cells" / name / "seed_0" / "eval" / "metrics.json").read_text())["systems"]
+                 for w in (workdir, reference))
+    assert got == want
