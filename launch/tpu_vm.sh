@@ -192,10 +192,10 @@ do_setup() {
       'git -C "$HOME/optical_jax" checkout -q --detach '"$(quote "$git_ref")"
     )
   else
-    # A tarball, not scp --recurse of the tree: one file per worker, no .venv/.git/runs, and the
+    # A tarball, not scp --recurse of the tree: one file per worker, no .venv*/.git/runs, and the
     # remote tree is replaced whole, so deleted files do not linger.
     local tarball="${TMPDIR:-/tmp}/optical_jax-src-$name.tar.gz"
-    run_cmd tar -czf "$tarball" --exclude=./.venv --exclude=./.git --exclude=./runs --exclude=__pycache__ \
+    run_cmd tar -czf "$tarball" --exclude='./.venv*' --exclude=./.git --exclude=./runs --exclude=__pycache__ \
       --exclude='*.egg-info' --exclude=./.pytest_cache --exclude=./.hypothesis -C "$REPO_ROOT" .
     run_cmd "${tpu[@]}" scp "$tarball" "$name:$SRC_REMOTE" --worker=all "${location[@]}"
     fetch=(

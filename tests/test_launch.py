@@ -75,7 +75,7 @@ def test_tpu_setup_v5e_256_dry_run(tmp_path):
   out = run(TPU, ["setup", *POD, "--dry-run"], clean_env(tmp_path))
   assert out.returncode == 0, out.stderr
   tar, scp, ssh = commands(out.stdout)
-  assert tar[:2] == ["tar", "-czf"] and "--exclude=./.venv" in tar and tar[-3:] == ["-C", str(REPO), "."]
+  assert tar[:2] == ["tar", "-czf"] and "--exclude=./.venv*" in tar and tar[-3:] == ["-C", str(REPO), "."]
   assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
   assert "--worker=all" in scp and scp[6] == "optical-v5e:optical_jax-src.tar.gz"
   assert ssh[4:6] == ["ssh", "optical-v5e"] and "--worker=all" in ssh
@@ -240,14 +240,14 @@ def test_tpu_setup_end_to_end_is_idempotent(tmp_path):
   tree = home / "optical_jax"
   assert (tree / "pyproject.toml").is_file() and (tree / "launch" / "tpu_vm.sh").is_file()
   assert not (tree / "stale_file.py").exists(), "setup must replace the remote tree"
-  for excluded in (".venv", ".git", "runs", "optical_jax.egg-info"):
+  for excluded in (".venv", ".venv-pylate", ".git", "runs", "optical_jax.egg-info"):
     assert not (tree / excluded).exists(), excluded
   log = (tmp_path / "gcloud.log").read_text().splitlines()
   assert [line for line in log if line.startswith("python3.11")] == [f"python3.11 -m venv {home}/optical_jax_venv"]
   installs = [line for line in log if line.startswith("pip install -q -e")]
   assert installs == [f"pip install -q -e {home}/optical_jax[gcs] jax[tpu]==0.10.2"] * 2
   with tarfile.open(tmp_path / "optical_jax-src-optical-v5e.tar.gz") as tar:
-    assert not any("/.venv/" in name or name.startswith("./.git/") for name in tar.getnames())
+    assert not any(name.startswith(("./.venv", "./.git/")) for name in tar.getnames())
 
 
 # ---------------------------------------------------------------------------------------------- GPU
