@@ -11,8 +11,8 @@ collections (MaxSim).
   optical-jax experiment --spec experiments/data_scale_sw.py:cpu --workdir runs/exp/data_scale_sw_cpu   # ~35 min
 
 The `cpu` variant is what fits one session on a 2-core CPU: {100, 300, 1,000, 3,000} pairs x the four objectives,
-one seed, 150 steps of 16 pairs, 500 New Testament verses per collection, MaxSim only, no baselines. Its results
-are in docs/experiments.md; the full grid has not been run.
+one seed, 150 steps of 16 pairs, 500 New Testament verses per collection, MaxSim only (run 2026-12-03: results
+in docs/experiments.md); the full grid has not been run.
 """
 SIZES = (100, 300, 1000, 3000, 0)  # 0 = every Old Testament pair (23,145)
 OBJECTIVES = {
