@@ -1,7 +1,7 @@
 """Debian packages as data: a pinned .deb, downloaded once from deb.debian.org and read in memory.
 
 A `DebianPackage` names one .deb of the Debian pool with the sha256 and size that Debian's signed Packages index lists
-for it. `fetch` downloads it into a cache directory ($OPTICAL_JAX_CACHE or ~/.cache/optical_jax, one subdirectory per
+for it. `fetch` downloads it into a cache directory (assets.default_cache_dir(), one subdirectory per
 user of this module) over plain HTTP, so the pinned sha256 is what makes it trustworthy; `deb_files` reads files out
 of its data.tar.* with the standard library only (ar + tar): no dpkg, no root. Users: lexicon.py (FreeDict
 dictionaries), libreoffice.py (LibreOffice UI translations).
@@ -43,10 +43,6 @@ class DebianPackage:
   @property
   def url(self) -> str:
     return f"{DEBIAN_MIRROR}/{self.pool_path}/{self.filename}"
-
-
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("OPTICAL_JAX_CACHE") or pathlib.Path.home() / ".cache" / "optical_jax")
 
 
 def sha256(data: bytes) -> str:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from optical_jax import assets
 from optical_jax.data import debian
 from optical_jax.errors import UserError
 
@@ -256,7 +257,7 @@ def fetch_freedict(name: str, cache: str | os.PathLike | None = None, *, timeout
     raise UserError(f"{FREEDICT_PREFIX}{name}: unknown FreeDict dictionary; known: "
                     f"{', '.join(FREEDICT_PREFIX + n for n in FREEDICT)} (no Bengali one ships in Debian: "
                     "give a TSV lexicon)")
-  root = pathlib.Path(cache) if cache else debian.cache_dir() / "freedict"
+  root = pathlib.Path(cache) if cache else assets.default_cache_dir() / "freedict"
   return debian.fetch(FREEDICT[name].deb, root, label=f"{FREEDICT_PREFIX}{name}", timeout=timeout)
 
 

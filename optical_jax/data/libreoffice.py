@@ -32,6 +32,7 @@ import os
 import pathlib
 import re
 
+from optical_jax import assets
 from optical_jax.data import debian
 from optical_jax.errors import UserError
 
@@ -77,7 +78,7 @@ def read_deb(lang: str, *, deb_path: str | os.PathLike | None = None, cache: str
   """The pinned .deb of `lang`'s language pack: `deb_path`, or the cached download (fetched if missing)."""
   pkg = _package(lang)
   if deb_path is None:
-    root = pathlib.Path(cache) if cache else debian.cache_dir() / "libreoffice"
+    root = pathlib.Path(cache) if cache else assets.default_cache_dir() / "libreoffice"
     deb_path = debian.fetch(pkg, root, label=pkg.package)
   try:
     data = pathlib.Path(deb_path).read_bytes()
