@@ -77,21 +77,26 @@ DOCS = ["good morning", "god is very good", "the first word and the second and t
         "news of the day, told twice: news of the day"]
 
 
+def _pylate_export_and_our_scores(trained, out):
+  """Exports `trained` in the PyLate layout to `out`; returns (queries, our query encodings, the teacher's document
+  encodings, our MaxSim scores) for the tests to compare with what the other library computes."""
+  from optical_jax import config as config_lib
+  from optical_jax.data.teacher import load_teacher
+  from optical_jax.retrieval import search
+  assert cli.main(["export", "--workdir", str(trained), "--out", str(out), "--format", "pylate"]) == 0
+  queries = TEXTS + ["neno " * 30]  # the last is cut to 48 tokens on both sides, its final special token kept
+  q = encode_texts(models.from_pretrained(out), queries, prefix="q: ", max_len=48, batch_size=8)
+  teacher = load_teacher(config_lib.from_json(trained / "config.json"))
+  d = encode_texts(teacher, DOCS, prefix="p: ", max_len=48, batch_size=8, head=False)  # as evaluation encodes them
+  return queries, q, d, np.asarray(search.maxsim_scores(q.tokens, q.maxsim_mask, d.tokens, d.maxsim_mask))
+
+
 def test_pylate_export_gives_our_maxsim_scores_in_multi_vector_encoder(trained, tmp_path):
   """sentence-transformers' MultiVectorEncoder reads PyLate checkpoints (it maps pylate.models.Dense.Dense and
   PyLate's config knobs onto its own modules); PyLate itself is tested in its own environment below."""
   from sentence_transformers import MultiVectorEncoder
-  from optical_jax import config as config_lib
-  from optical_jax.data.teacher import load_teacher
-  from optical_jax.retrieval import search
   out = tmp_path / "pylate"
-  assert cli.main(["export", "--workdir", str(trained), "--out", str(out), "--format", "pylate"]) == 0
-  queries = TEXTS + ["neno " * 30]  # the last is cut to 48 tokens on both sides, its final special token kept
-  ours = models.from_pretrained(out)
-  q = encode_texts(ours, queries, prefix="q: ", max_len=48, batch_size=8)
-  teacher = load_teacher(config_lib.from_json(trained / "config.json"))
-  d = encode_texts(teacher, DOCS, prefix="p: ", max_len=48, batch_size=8, head=False)  # as evaluation encodes them
-  expected = np.asarray(search.maxsim_scores(q.tokens, q.maxsim_mask, d.tokens, d.maxsim_mask))
+  queries, q, d, expected = _pylate_export_and_our_scores(trained, out)
 
   model = MultiVectorEncoder(str(out), device="cpu")
   assert model[0].query_expansion is None and model.prompts == {"query": "q: ", "document": "p: "}
@@ -139,17 +144,8 @@ def test_pylate_export_loads_in_pylate_colbert(trained, tmp_path):
   python = _pylate_python()
   if python is None:
     pytest.skip("no PyLate environment: `make test` builds one, or set OPTICAL_JAX_PYLATE_PYTHON")
-  from optical_jax import config as config_lib
-  from optical_jax.data.teacher import load_teacher
-  from optical_jax.retrieval import search
   out = tmp_path / "pylate"
-  assert cli.main(["export", "--workdir", str(trained), "--out", str(out), "--format", "pylate"]) == 0
-  queries = TEXTS + ["neno " * 30]
-  ours = models.from_pretrained(out)
-  q = encode_texts(ours, queries, prefix="q: ", max_len=48, batch_size=8)
-  teacher = load_teacher(config_lib.from_json(trained / "config.json"))
-  d = encode_texts(teacher, DOCS, prefix="p: ", max_len=48, batch_size=8, head=False)
-  expected = np.asarray(search.maxsim_scores(q.tokens, q.maxsim_mask, d.tokens, d.maxsim_mask))
+  queries, q, d, expected = _pylate_export_and_our_scores(trained, out)
   docs = [t[m].astype(np.float32) for t, m in zip(d.tokens, d.maxsim_mask)]
   docs = [(t / np.linalg.norm(t, axis=1, keepdims=True)).tolist() for t in docs]
   window = json.loads((out / "optical_jax.json").read_text())["query_token_slice"]
