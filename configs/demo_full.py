@@ -28,9 +28,9 @@ _spec.loader.exec_module(demo_sw)
 
 BITEXT = "tfds:bible/sw_en@1,tfds:bible/bn_en@1,tfds:quran/bn_en@0.4"
 MAX_LEN = 64
-# 300 x 32 = 9,600 pairs per student, drawn from all 51,194: what four students fit in the 75-minute budget on 2 CPU
-# cores (~2 s per step for OT + ranking, more for make_multilingual's two-sided MSE). At 400 steps a quiet run was on
-# course for ~85 min; the recipe's dev curve is flat from step 100 on (docs/results.md).
+# 300 x 32 = 9,600 pairs per student, drawn from all 51,194. Aimed at 75 minutes on 2 CPU cores; measured 82 min on
+# a quiet host where OT + ranking takes ~2.2 s per step and make_multilingual's two-sided MSE 4.4 s (400 steps was
+# on course for ~85 min). The recipe's dev curve is flat from step 100 on (docs/results.md).
 STEPS = 300
 
 
