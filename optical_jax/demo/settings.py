@@ -23,10 +23,10 @@ class Setting:
 SETTINGS = {
     # optical = the recipe (OT + ranking term); ot_only = pure OPTICAL; contrastive = the ranking term alone.
     "shared": Setting("demo_sw.py", ("optical", "ot_only", "contrastive"), ("me5-small",), "teacher_en,zero_shot"),
-    # Measured with OT alone (the ranking term is untested with a projection head).
     # The full recipe: all pairs of Swahili and Bengali in one student at length 64, every baseline (~80 min, 2 cores).
     "full": Setting("demo_full.py", ("optical", "ot_only", "contrastive", "mse_distill"), ("me5-small",),
                     "teacher_en,zero_shot"),
+    # Cross-architecture teacher: measured with OT alone (the ranking term is untested with a projection head).
     "minilm": Setting("demo_sw_minilm.py", ("ot_only", "mse_distill"), ("me5-small", "minilm"),
                       "teacher_en,teacher_lr,zero_shot"),
     "tiny": Setting("tiny.py", ("optical", "mse_distill"), (), "zero_shot", synthetic=True),
