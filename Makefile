@@ -41,7 +41,7 @@ install: $(TEST_STAMP) $(ASSETS)
 demo: $(STAMP) $(ASSETS)
 	$(BIN)/optical-jax demo --workdir runs/demo
 
-# The full recipe (~80 min on 2 CPU cores): Swahili and Bengali, every pair, four students (configs/demo_full.py).
+# The full recipe (~72 min on 2 CPU cores): Swahili and Bengali, every pair, four students (configs/demo_full.py).
 demo-full: $(STAMP) $(ASSETS)
 	$(BIN)/optical-jax demo --setting full --workdir runs/full
 

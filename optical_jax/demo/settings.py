@@ -23,7 +23,7 @@ class Setting:
 SETTINGS = {
     # optical = the recipe (OT + ranking term); ot_only = pure OPTICAL; contrastive = the ranking term alone.
     "shared": Setting("demo_sw.py", ("optical", "ot_only", "contrastive"), ("me5-small",), "teacher_en,zero_shot"),
-    # The full recipe: all pairs of Swahili and Bengali in one student at length 64, every baseline (~80 min, 2 cores).
+    # The full recipe: all pairs of Swahili and Bengali in one student at length 64, every baseline (~72 min, 2 cores).
     "full": Setting("demo_full.py", ("optical", "ot_only", "contrastive", "mse_distill"), ("me5-small",),
                     "teacher_en,zero_shot"),
     # Cross-architecture teacher: measured with OT alone (the ranking term is untested with a projection head).
