@@ -30,7 +30,7 @@ BITEXT = "tfds:bible/sw_en@1,tfds:bible/bn_en@1,tfds:quran/bn_en@0.4"
 MAX_LEN = 64
 # 240 x 32 = 7,680 pairs per student, drawn from all 51,194, a dev score at steps 0, 120 and 240. Sized for the
 # 75-minute budget on 2 CPU cores: on a quiet host where OT + ranking takes ~2.2 s per step and make_multilingual's
-# two-sided MSE ~4 s, 300 steps took 82 min (docs/results.md). The recipe's dev curve is flat from step 100 on.
+# two-sided MSE ~4 s, 300 steps took 82 min (docs/results.md). The recipe's dev curve was flat from step 100 on there.
 STEPS = 240
 
 
