@@ -52,6 +52,9 @@ SCHEMA: dict[str, Key] = {
     "teacher.dim": Key(int, doc="teacher token width"),
     "teacher.query_prefix": Key(str, ""),
     "teacher.passage_prefix": Key(str, ""),
+    "teacher.targets": Key(str, "query", ("query", "passage"),
+                           'the stored English targets: "query" = encoded with teacher.query_prefix, "passage" = with '
+                           "teacher.passage_prefix, the side retrieval scores the student against"),
 
     "data.bitext": Key(str, doc='"synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"; several, comma-separated, '
                                'each SPEC[@WEIGHT] (share of each batch, default 1)'),

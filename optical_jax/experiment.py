@@ -55,9 +55,9 @@ SPEC_KEYS = {"config", "overrides", "cells", "control", "seeds", "metrics", "axi
 BASELINES = ("zero_shot", "teacher_en", "teacher_lr")
 PRETRAIN_REF = "@pretrain:"  # a cell's `student.init=@pretrain:NAME`: the export of the spec's pretrain run NAME
 # Keys a teacher store depends on: runs that agree on all of them share one store.
-STORE_KEYS = ("teacher.path", "teacher.query_prefix", "teacher.dim", "data.bitext", "data.max_train_pairs",
-              "data.sample_seed", "data.max_len_teacher", "data.length_buckets", "data.max_len_student",
-              "data.teacher_dtype", "data.strict")
+STORE_KEYS = ("teacher.path", "teacher.query_prefix", "teacher.passage_prefix", "teacher.targets", "teacher.dim",
+              "data.bitext", "data.max_train_pairs", "data.sample_seed", "data.max_len_teacher", "data.length_buckets",
+              "data.max_len_student", "data.teacher_dtype", "data.strict")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

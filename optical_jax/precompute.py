@@ -17,7 +17,7 @@ from optical_jax import sharding as sharding_lib
 from optical_jax.data import encoding, pipeline, teacher_store
 from optical_jax.data.bitext import load_training_bitext, teacher_keys
 from optical_jax.data.report import DataReport
-from optical_jax.data.teacher import load_teacher, store_root, teacher_head, teacher_identity
+from optical_jax.data.teacher import load_teacher, store_identity, store_root, teacher_head
 
 log = logging.getLogger("optical_jax")
 
@@ -42,8 +42,7 @@ def precompute_teacher(config: ml_collections.ConfigDict, workdir: str) -> teach
                                       batch_size=config.data.teacher_batch_size, head=teacher_head(teacher),
                                       length_buckets=pipeline.teacher_buckets(buckets, config.data.max_len_student,
                                                                               config.data.max_len_teacher))
-  meta = dict(teacher_identity(config, teacher), dtype=config.data.teacher_dtype,
-              prefix=config.teacher.query_prefix)
+  meta = dict(store_identity(config, teacher), dtype=config.data.teacher_dtype)
   root = store_root(config, workdir)
   started = time.perf_counter()
   manifest = teacher_store.precompute(

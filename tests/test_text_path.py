@@ -126,3 +126,29 @@ def test_store_rows_match_the_batch_spec(bitext, store_workdir, overrides):
     assert not np.any(negatives == np.arange(7)[:, None])
     again = data.load_rows(negatives[:, 0])
     np.testing.assert_array_equal(rows["negative_tokens"][::2], again["teacher_tokens"])
+
+
+def test_passage_mode_targets_are_stored_and_trained_with_the_passage_prefix(bitext, store_workdir, tmp_path):
+  """teacher.targets=passage: the store encodes "passage prefix + English", the English-side input carries that
+  prefix too, and a store of the other mode is refused by its prefix rather than silently used."""
+  import numpy as np
+  from optical_jax import config as config_lib
+  from optical_jax.data import encoding, store_join
+  from optical_jax.errors import UserError
+  passage = [f"data.bitext={bitext}", "teacher.targets=passage", "teacher.passage_prefix=doc: ",
+             "loss.english_weight=0.5"]
+  with pytest.raises(UserError, match="prefix"):  # store_workdir holds query-mode targets (prefix "")
+    store_join.build(config_lib.load_config("configs/tiny.py:text", passage), store_workdir)
+  proc = _cli("precompute-teacher", "--config", "configs/tiny.py:text", "--workdir", str(tmp_path),
+              *(f"--config.{o}" for o in passage))
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads((tmp_path / "teacher_store" / "manifest.json").read_text())["prefix"] == "doc: "
+  config = config_lib.load_config("configs/tiny.py:text", passage)
+  data = store_join.build(config, tmp_path)
+  rows = data.load_rows(np.arange(3))
+  query = store_join.build(config_lib.load_config("configs/tiny.py:text", [f"data.bitext={bitext}",
+                                                                            "loss.english_weight=0.5"]),
+                           store_workdir).load_rows(np.arange(3))
+  prefix_ids = encoding.student_tokenizer(config)("doc: ", add_special_tokens=False)["input_ids"]
+  np.testing.assert_array_equal(rows["english_ids"][:, 1:1 + len(prefix_ids)], np.tile(prefix_ids, (3, 1)))
+  assert not np.array_equal(rows["teacher_tokens"], query["teacher_tokens"])

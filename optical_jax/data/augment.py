@@ -37,6 +37,7 @@ import numpy as np
 
 from optical_jax.data import lexicon as lexicon_lib
 from optical_jax.data import pipeline, tokens
+from optical_jax.data.teacher import target_prefix
 from optical_jax.errors import UserError
 
 log = logging.getLogger("optical_jax")
@@ -186,7 +187,7 @@ def apply(config: ml_collections.ConfigDict, workdir, data, lexicon: lexicon_lib
       raise UserError("data.augment_direction='to_source' augments the English-side term's input: set "
                       "loss.english_weight or loss.english_mse_weight > 0")
     side_lexicon, texts = lexicon_lib.invert(lexicon), [ex.target for ex in examples]
-    prefix, max_len = config.teacher.query_prefix, d.max_len_teacher
+    prefix, max_len = target_prefix(config), d.max_len_teacher
   else:
     side_lexicon, texts = lexicon, [ex.source for ex in examples]
     prefix, max_len = config.student.prefix, d.max_len_student

@@ -465,7 +465,7 @@ def induce_from_workdir(workdir, encoder, config, *, pairs: int = 2000, min_mass
   from etils import epath  # pylint: disable=g-import-not-at-top
   from optical_jax.data import teacher_store, tokens  # pylint: disable=g-import-not-at-top
   from optical_jax.data.bitext import load_training_sources, teacher_keys  # pylint: disable=g-import-not-at-top
-  from optical_jax.data.teacher import load_teacher, store_root, teacher_identity  # pylint: disable=g-import-not-at-top
+  from optical_jax.data.teacher import load_teacher, store_identity, store_root, target_prefix  # pylint: disable=g-import-not-at-top
 
   workdir = epath.Path(workdir)
   if config.data.bitext == "synthetic":
@@ -483,13 +483,13 @@ def induce_from_workdir(workdir, encoder, config, *, pairs: int = 2000, min_mass
   root = store_root(config, workdir)
   if not (root / teacher_store.MANIFEST).exists():
     raise UserError(f"{root}: no teacher store (the student's training pairs are aligned with their stored tokens)")
-  store = teacher_store.TeacherStore.open(root, expect=teacher_identity(config, teacher), verify=False)
+  store = teacher_store.TeacherStore.open(root, expect=store_identity(config, teacher), verify=False)
   picked = np.sort(np.random.default_rng([seed, 3]).permutation(candidates)[:pairs])
   picked_examples = [examples[int(i)] for i in picked]
   keys = teacher_keys(examples)
   store_rows = np.asarray([store.index_of(keys[int(i)]) for i in picked], np.int64)
 
-  s_prefix, t_prefix = config.student.prefix, config.teacher.query_prefix
+  s_prefix, t_prefix = config.student.prefix, target_prefix(config)
   s_len, t_len = config.data.max_len_student, config.data.max_len_teacher
   tokenize = lambda tok, texts, n: tok(texts, padding="max_length", truncation=True, max_length=n,
                                        return_token_type_ids=False, return_offsets_mapping=True, return_tensors="np")

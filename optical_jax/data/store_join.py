@@ -16,7 +16,7 @@ from optical_jax.data import batch_spec as batch_spec_lib
 from optical_jax.data import encoding, hard_negatives, pipeline, teacher_store, tokens
 from optical_jax.data.bitext import load_training_sources, teacher_keys
 from optical_jax.data.report import DataReport
-from optical_jax.data.teacher import load_teacher, store_root, teacher_identity
+from optical_jax.data.teacher import load_teacher, store_identity, store_root, target_prefix
 from optical_jax.errors import UserError
 
 log = logging.getLogger("optical_jax")
@@ -44,7 +44,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
   if not (root / teacher_store.MANIFEST).exists():
     raise UserError(f"{root}: no teacher store; run `optical-jax precompute-teacher` with this config first")
   teacher = load_teacher(config)
-  store = teacher_store.TeacherStore.open(root, expect=teacher_identity(config, teacher),
+  store = teacher_store.TeacherStore.open(root, expect=store_identity(config, teacher),
                                           verify=config.data.verify_store)
   known = set(store.ids)
   keys = teacher_keys(bitext)
@@ -56,7 +56,7 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
   spec = batch_spec_lib.batch_spec(config, teacher_dtype=store.manifest.dtype)
 
   tokenizer = encoding.student_tokenizer(config)
-  prefix, query_prefix = config.student.prefix, config.teacher.query_prefix
+  prefix, target = config.student.prefix, target_prefix(config)
   student_ids, student_mask = _tokenize(tokenizer, [prefix + ex.source for ex in bitext],
                                         config.data.max_len_student)
   # Per-example tables, indexed by example; each batch takes its rows.
@@ -65,15 +65,15 @@ def build(config: ml_collections.ConfigDict, workdir) -> batch_spec_lib.Training
     # The English-side term runs the student on the English side too: tokenised like the teacher's input (same
     # prefix, the teacher's max length), but with the student's tokenizer; cut to the teacher's length bucket.
     tables["english_ids"], tables["english_mask"] = _tokenize(
-        tokenizer, [query_prefix + ex.target for ex in bitext], config.data.max_len_teacher)
+        tokenizer, [target + ex.target for ex in bitext], config.data.max_len_teacher)
   student_skip = 1 + tokens.prefix_length(tokenizer, prefix)
-  teacher_skip = 1 + tokens.prefix_length(teacher.tokenizer, query_prefix)
-  english_skip = 1 + tokens.prefix_length(tokenizer, query_prefix)
+  teacher_skip = 1 + tokens.prefix_length(teacher.tokenizer, target)
+  english_skip = 1 + tokens.prefix_length(tokenizer, target)
   if "student_weights" in spec:
     # IDF over the training bitext, each side in its own vocabulary; the loss renormalises over the OT tokens.
     # The store holds the teacher's real tokens in tokenizer order: the same tokenization gives their ids.
     teacher_ids, teacher_id_mask = teacher.tokenize([ex.target for ex in bitext], config.data.max_len_teacher,
-                                                    prefix=query_prefix)
+                                                    prefix=target)
     stored = np.arange(teacher_id_mask.shape[1])[None] < store.lengths[store_rows][:, None]
     if not np.array_equal(stored, teacher_id_mask > 0):
       bad = int(np.flatnonzero((stored != (teacher_id_mask > 0)).any(1))[0])

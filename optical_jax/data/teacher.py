@@ -85,6 +85,16 @@ def teacher_identity(config: ml_collections.ConfigDict, encoder) -> dict:
           "max_len": int(config.data.max_len_teacher), "dim": teacher_dim(encoder)}
 
 
+def target_prefix(config: ml_collections.ConfigDict) -> str:
+  """The text prefix of the stored English targets (teacher.targets): query-mode or passage-mode teacher tokens."""
+  return config.teacher.passage_prefix if config.teacher.targets == "passage" else config.teacher.query_prefix
+
+
+def store_identity(config: ml_collections.ConfigDict, encoder) -> dict:
+  """teacher_identity plus the targets' prefix: a store of query-mode targets must not serve a passage-mode run."""
+  return dict(teacher_identity(config, encoder), prefix=target_prefix(config))
+
+
 def load_teacher(config: ml_collections.ConfigDict):
   """The frozen teacher encoder (cached per process: precompute, training data, export and evaluation all ask)."""
   path = str(config.teacher.path)
