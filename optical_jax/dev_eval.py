@@ -4,8 +4,9 @@
 English side leaves the training set. Queries = their low-resource side, encoded by the student being trained;
 documents = their stored teacher tokens, so no teacher runs and no document is encoded twice. Scored by MaxSim
 over the tokens the ranking term uses (content tokens with `ot.tokens=content`), like `losses.ranking_scores`.
-The stored tokens are the teacher's query-mode English, so the figure follows the trend of the held-out
-collections rather than equalling them: it is there to show when training has converged.
+The stored tokens are the teacher's English in the mode teacher.targets names (query-mode by default), and the
+pool is small, so the figure follows the trend of the held-out collections rather than equalling them: it is there
+to show when training has converged.
 """
 from __future__ import annotations
 
