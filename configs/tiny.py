@@ -40,8 +40,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Teacher: "synthetic" = the generator's own embeddings; "random" = a random tiny BERT (hidden = dim) with a
   # byte-level tokenizer; otherwise an HF directory.
+  # targets: which side of the teacher the store holds, "query" (query_prefix) or "passage" (passage_prefix).
   c.teacher = ml_collections.ConfigDict(dict(path="random" if text else "synthetic", query_prefix="",
-                                             passage_prefix="", dim=32))
+                                             passage_prefix="", dim=32, targets="query"))
 
   c.data = ml_collections.ConfigDict(dict(
       bitext="SET_ME" if text else "synthetic",  # "synthetic" | TSV/JSONL path or URI | "tfds:NAME/CONFIG"
