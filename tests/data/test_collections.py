@@ -117,6 +117,28 @@ def test_another_english_version_as_documents(db):
     collections.build(["bible_xx_en"], bible_db=db)
 
 
+def test_whole_new_testament_pool(db):
+  """`_all`: the sample's queries against every New Testament verse of the documents' version, not the sample's."""
+  sample, pool, kjv_pool, xref_pool, passage_pool = collections.build(
+      ["bible_sw_en", "bible_sw_en_all", "bible_sw_en_kjv_all", "bible_xref_sw_en_all", "bible_passage_sw_en_all"],
+      num_verses=2, seed=1, bible_db=db)
+  assert [c.name for c in (pool, kjv_pool, xref_pool, passage_pool)] == [
+      "bible_sw_en_all", "bible_sw_en_kjv_all", "bible_xref_sw_en_all", "bible_passage_sw_en_all"]
+  assert pool.queries == sample.queries and pool.qrels == sample.qrels
+  assert pool.english_queries == sample.english_queries
+  assert set(pool.documents) == {bible.verse_id(k) for k in NT} != set(sample.documents)
+  # One id, one text: the pool holds the sample's documents unchanged, so both can share one English index.
+  assert all(pool.documents[d] == t for d, t in sample.documents.items())
+  assert set(kjv_pool.documents) == {f"kjv:{bible.verse_id(k)}" for k in NT}
+  assert set(kjv_pool.qrels) == {f"kjv:{q}" for q in sample.qrels}
+  assert set(xref_pool.documents) == {bible.verse_id(k) for k in NT} and xref_pool.exclude_self
+  # Every chapter of the New Testament, not only the two the sample touches.
+  assert {d.split(":")[1].rsplit(".", 1)[0] for d in passage_pool.documents} == {f"{b}.{c}" for b, c, _ in NT}
+  assert "among the 6 New Testament verses" in pool.description
+  with pytest.raises(UserError, match="unknown collection"):
+    collections.build(["bible_sw_en_all_kjv"], bible_db=db)
+
+
 def test_quran_collection_is_the_held_out_surahs(tmp_path):
   records = [{"Bangla": f"বাংলা {i}", "English": f"English {i}"} for i in range(quran.NUM_VERSES)]
   path = tmp_path / "Quran.json"

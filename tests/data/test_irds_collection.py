@@ -126,8 +126,8 @@ def test_build_and_evaluate_config_take_irds_names(tmp_path):
   from optical_jax import evaluate
   name = register(tmp_path, docs=DOCS, queries=QUERIES, qrels=QRELS, doc_cls=TitledDoc)
   other = register(tmp_path, docs="x0\tT\tdoc\n", queries="y0\tswali\n", qrels="y0 0 x0 1\n", doc_cls=TitledDoc)
-  assert collections.check_names([f"irds:{name}", "bible_sw_en"]) == [("irds", "", name),
-                                                                       ("translation", "sw", None)]
+  assert collections.check_names([f"irds:{name}", "bible_sw_en"]) == [("irds", "", name, False),
+                                                                       ("translation", "sw", None, False)]
   built = collections.build([f"irds:{other}", f"irds:{name}"])
   assert [c.name for c in built] == [other.replace("/", "_"), name.replace("/", "_")]
   assert built[1].qrels == collections.irds_collection(name).qrels
