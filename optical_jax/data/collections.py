@@ -19,8 +19,9 @@ run):
                              kj2000, bbe or web; no suffix = web). The teacher store is built from WEB, so the
                              other versions are English wording that no training target used.
   bible_sw_en_all, ...       the same queries against a large pool (suffix `_all`, after any version suffix): every
-                             New Testament verse of the English version is a document (7,957 instead of the
-                             sample's 1,000; for passages, every passage of every New Testament chapter).
+                             New Testament verse of the English version is a document (7,957 in the shipped
+                             bible.db instead of the sample's 1,000; for passages, every passage of every New
+                             Testament chapter).
   quran_bn_en                Bengali -> English Quran verse retrieval over the held-out test surahs
                              (10, 20, ..., 110; tfds:quran/bn_en's test split), one relevant document per query.
 
@@ -363,8 +364,9 @@ def _code(language: str) -> str:
 
 def check_names(names: Sequence[str]) -> list[tuple[str, str, str | None, bool]]:
   """(kind, language, English version, whole New Testament pool) of each built-in collection name, ("irds", "",
-  NAME, False) of each `irds:NAME`; an unknown name is a UserError. Reads no corpus: `optical-jax experiment --dry-run` checks names with it (an irds
-  name is looked up in ir_datasets' registry, which for some families fetches a small file index)."""
+  NAME, False) of each `irds:NAME`; an unknown name is a UserError. Reads no corpus: `optical-jax experiment
+  --dry-run` checks names with it (an irds name is looked up in ir_datasets' registry, which for some families
+  fetches a small file index)."""
   parsed = []
   for name in names:
     m = _BIBLE_NAME.match(name)
