@@ -123,6 +123,29 @@ def test_evaluate_reads_an_index_instead_of_encoding(corpus, tmp_path):
     for qid, ranked in run.items():
       assert list(runs["indexed"][scorer][qid]) == list(ranked)
       np.testing.assert_allclose(list(runs["indexed"][scorer][qid].values()), list(ranked.values()), atol=1e-5)
+  # Two indexes that each hold part of the documents (one per collection, say) serve together; the first to hold a
+  # document is read. Neither alone covers them.
+  ids = sorted(docs)
+  halves = [tmp_path / "first", tmp_path / "second"]
+  for half, part in zip(halves, (ids[:15], ids[10:])):
+    (root / f"{half.name}.jsonl").write_text("".join(json.dumps({"id": d, "text": docs[d]}) + "\n" for d in part))
+    assert cli.main(["index", "--config", CONFIG, "--config.data.bitext=unused.tsv", "--collection",
+                     str(root / f"{half.name}.jsonl"), "--out", str(half), "--docs-per-shard", "4"]) == 0
+  opened = [doc_index.DocIndex(str(h)) for h in halves]
+  assert doc_index.gather_from(opened[1:], ids) is None
+  (tokens, mask, pooled), read = doc_index.gather_from(opened, ids)
+  whole = doc_index.DocIndex(str(out)).gather(ids)
+  assert [x.root for x in read] == [str(h) for h in halves]
+  np.testing.assert_array_equal(mask, whole[1])
+  np.testing.assert_array_equal(tokens[mask], whole[0][whole[1]])
+  np.testing.assert_array_equal(pooled, whole[2])
+  config = config_lib.load_config(CONFIG, ["data.bitext=unused.tsv", f"eval.index={halves[0]},{halves[1]}",
+                                           "eval.k=10"])
+  summary = evaluate.run_evaluation(config, [collection], [System("s", student)], load_teacher(config),
+                                    tmp_path / "two")
+  assert summary["collections"]["mine"]["index"] == f"{halves[0]},{halves[1]}"
+  for scorer, run in runs["indexed"].items():
+    assert trec.read_run(tmp_path / "two" / f"s_{scorer}" / "mine.run") == run
   # An index of another token rule, or passages asked of whole-document vectors, is refused by name.
   for override, message in (("eval.maxsim_tokens=all", "maxsim_tokens"), ("eval.doc_window=5", "doc_window")):
     config = config_lib.load_config(CONFIG, ["data.bitext=unused.tsv", f"eval.index={out}", override])

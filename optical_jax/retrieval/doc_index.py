@@ -152,9 +152,6 @@ class DocIndex:
           if _sha256(os.path.join(root, _name(shard["index"], part))) != digest:
             raise UserError(f"{root}/{_name(shard['index'], part)}: sha256 differs from the manifest's: rebuild")
 
-  def covers(self, doc_ids) -> bool:
-    return all(d in self.locations for d in doc_ids)
-
   @functools.cached_property
   def locations(self) -> dict[str, tuple[int, int]]:
     """document id -> (shard index, row in the shard)."""
@@ -209,3 +206,27 @@ class DocIndex:
     for info in self.manifest["shards"]:
       yield start, self.shard(info["index"])
       start += info["num_docs"]
+
+
+def gather_from(indexes: Sequence[DocIndex], doc_ids: Sequence[str]
+                ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[DocIndex]] | None:
+  """`DocIndex.gather` over several indexes (e.g. one per collection): each document is read from the first index
+  that holds it. Returns ((tokens, mask, pooled), the indexes read), or None when some document is in none of them."""
+  owner: dict[DocIndex, list[int]] = {}
+  for i, doc_id in enumerate(doc_ids):
+    index = next((x for x in indexes if doc_id in x.locations), None)
+    if index is None:
+      return None
+    owner.setdefault(index, []).append(i)
+  parts = {index: index.gather([doc_ids[i] for i in rows]) for index, rows in owner.items()}
+  length = max((tokens.shape[1] for tokens, _, _ in parts.values()), default=1)
+  dim = next(iter(parts.values()))[0].shape[2] if parts else 0
+  tokens = np.zeros((len(doc_ids), length, dim), np.float16)
+  mask = np.zeros((len(doc_ids), length), bool)
+  pooled = np.zeros((len(doc_ids), dim), np.float32)
+  for index, rows in owner.items():
+    part_tokens, part_mask, part_pooled = parts.pop(index)
+    tokens[rows, :part_tokens.shape[1]] = part_tokens
+    mask[rows, :part_mask.shape[1]] = part_mask
+    pooled[rows] = part_pooled
+  return (tokens, mask, pooled), list(owner)

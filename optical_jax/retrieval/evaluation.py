@@ -32,6 +32,7 @@ from optical_jax import sharding as sharding_lib
 from optical_jax.data import collections as collections_lib
 from optical_jax.data.teacher import teacher_head
 from optical_jax.errors import UserError
+from optical_jax.retrieval import doc_index
 from optical_jax.retrieval import encode as encode_lib
 from optical_jax.retrieval import metrics as metrics_lib
 from optical_jax.retrieval import passages
@@ -80,7 +81,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   With several devices and `shard`, encoding batches and document chunks are split over all of them. With
   doc_window > 0, documents are searched as passages of that many words (retrieval/passages.py) and scored by
   doc_aggregate. `indexes` (retrieval.doc_index.DocIndex, built by the same teacher with the same prefix and token
-  rule: the caller checks) replace encoding for every document length one of them was built at and fully covers.
+  rule: the caller checks) replace encoding for every document length they were built at and together cover (each
+  document is read from the first index that holds it).
   A teacher with a projection head (a ColBERT checkpoint's) encodes documents through it, and so does every system
   that runs the teacher itself (teacher_en, teacher_lr): its queries must be in its documents' space.
   """
@@ -107,15 +109,15 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   sources = {}  # length -> the index it was read from
   for length in sorted({doc_len(c) for c in collections}):
     ids = list(dict.fromkeys(d for c in collections if doc_len(c) == length for d in units[c.name]))
-    index = next((x for x in indexes if x.manifest["max_len"] == length and x.covers(ids)), None)
-    if index is not None:
-      log.info("reading %d English documents (up to %d tokens) from the index %s", len(ids), length, index.root)
-      tokens, mask, pooled = index.gather(ids)
+    found = doc_index.gather_from([x for x in indexes if x.manifest["max_len"] == length], ids)
+    if found is not None:
+      (tokens, mask, pooled), read = found
+      sources[length] = ",".join(x.root for x in read)
+      log.info("read %d English documents (up to %d tokens) from the index %s", len(ids), length, sources[length])
       encoded = encode_lib.Encoded(tokens, mask, mask, pooled)
-      sources[length] = index.root
     else:
       if indexes:
-        log.warning("no index covers the %d documents of up to %d tokens (indexes hold %s tokens): encoding them",
+        log.warning("the indexes do not hold all %d documents of up to %d tokens (they hold %s tokens): encoding them",
                     len(ids), length, sorted({x.manifest["max_len"] for x in indexes}))
       log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
       encoded = encode_texts(doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length,
