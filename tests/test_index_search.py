@@ -132,7 +132,7 @@ def test_evaluate_reads_an_index_instead_of_encoding(corpus, tmp_path):
     assert cli.main(["index", "--config", CONFIG, "--config.data.bitext=unused.tsv", "--collection",
                      str(root / f"{half.name}.jsonl"), "--out", str(half), "--docs-per-shard", "4"]) == 0
   opened = [doc_index.DocIndex(str(h)) for h in halves]
-  assert doc_index.gather_from(opened[1:], ids) is None
+  assert doc_index.gather_from(opened[1:], ids) is None and doc_index.gather_from(opened, []) is None
   (tokens, mask, pooled), read = doc_index.gather_from(opened, ids)
   whole = doc_index.DocIndex(str(out)).gather(ids)
   assert [x.root for x in read] == [str(h) for h in halves]

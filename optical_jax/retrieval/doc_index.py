@@ -211,7 +211,10 @@ class DocIndex:
 def gather_from(indexes: Sequence[DocIndex], doc_ids: Sequence[str]
                 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], list[DocIndex]] | None:
   """`DocIndex.gather` over several indexes (e.g. one per collection): each document is read from the first index
-  that holds it. Returns ((tokens, mask, pooled), the indexes read), or None when some document is in none of them."""
+  that holds it. Returns ((tokens, mask, pooled), the indexes read), or None when some document is in none of them
+  (or there is no document to read)."""
+  if not doc_ids:
+    return None
   owner: dict[DocIndex, list[int]] = {}
   for i, doc_id in enumerate(doc_ids):
     index = next((x for x in indexes if doc_id in x.locations), None)
@@ -219,8 +222,8 @@ def gather_from(indexes: Sequence[DocIndex], doc_ids: Sequence[str]
       return None
     owner.setdefault(index, []).append(i)
   parts = {index: index.gather([doc_ids[i] for i in rows]) for index, rows in owner.items()}
-  length = max((tokens.shape[1] for tokens, _, _ in parts.values()), default=1)
-  dim = next(iter(parts.values()))[0].shape[2] if parts else 0
+  length = max(tokens.shape[1] for tokens, _, _ in parts.values())
+  dim = next(iter(parts.values()))[0].shape[2]
   tokens = np.zeros((len(doc_ids), length, dim), np.float16)
   mask = np.zeros((len(doc_ids), length), bool)
   pooled = np.zeros((len(doc_ids), dim), np.float32)

@@ -106,7 +106,7 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
   # Documents are encoded once per length: a collection may ask for longer ones (e.g. passages).
   doc_len = lambda c: c.max_len_doc or max_len_doc
   encoded_docs = {}  # length -> (unit ids, id -> row, Encoded)
-  sources = {}  # length -> the index it was read from
+  sources = {}  # length -> the indexes its documents were read from
   for length in sorted({doc_len(c) for c in collections}):
     ids = list(dict.fromkeys(d for c in collections if doc_len(c) == length for d in units[c.name]))
     found = doc_index.gather_from([x for x in indexes if x.manifest["max_len"] == length], ids)
@@ -117,8 +117,8 @@ def evaluate_systems(collections: Sequence[collections_lib.EvalCollection], syst
       encoded = encode_lib.Encoded(tokens, mask, mask, pooled)
     else:
       if indexes:
-        log.warning("the indexes do not hold all %d documents of up to %d tokens (they hold %s tokens): encoding them",
-                    len(ids), length, sorted({x.manifest["max_len"] for x in indexes}))
+        log.warning("the indexes (built at %s tokens) do not hold all %d documents of up to %d tokens: encoding them",
+                    sorted({x.manifest["max_len"] for x in indexes}), len(ids), length)
       log.info("encoding %d English documents with the teacher (up to %d tokens)", len(ids), length)
       encoded = encode_texts(doc_encoder, [docs[d] for d in ids], prefix=doc_prefix, max_len=length,
                              batch_size=batch_size, head=teacher_head(doc_encoder), maxsim_tokens=maxsim_tokens,
